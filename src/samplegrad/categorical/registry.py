@@ -1,0 +1,106 @@
+"""Names -> estimators, and the uniform surrogate-loss interface over all of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from samplegrad.categorical._checks import check_logits, check_n_samples
+from samplegrad.categorical.exact import exact
+from samplegrad.categorical.redge import redge
+from samplegrad.categorical.relaxed import gumbel_softmax, reinmax, straight_through
+from samplegrad.categorical.score_function import reinforce, rloo
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered estimator: how to call it and its default knobs."""
+
+    name: str
+    kind: str  # "pathwise" (sample -> f), "score" (needs f), "exact"
+    fn: Callable[..., Any]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)  # not user-settable
+    doc: str = ""
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add an estimator under ``method.name`` (name clashes are an error)."""
+    if method.name in _REGISTRY:
+        raise ValueError(f"method {method.name!r} is already registered")
+    _REGISTRY[method.name] = method
+    return method
+
+
+for _m in (
+    Method("redge", "pathwise", redge, {"n_steps": 5, "t1": 0.5}, {"variant": "paper"},
+           "ReDGE, DDIM pathwise gradient (reference sampler)"),
+    Method("redge_cov", "pathwise", redge, {"n_steps": 5, "t1": 0.5}, {"variant": "cov"},
+           "ReDGE, moment-matched seed and denoiser"),
+    Method("redge_max", "pathwise", redge, {"n_steps": 5, "t1": 0.5}, {"variant": "max"},
+           "ReDGE with the ReinMax-style correction"),
+    Method("redge_exact", "pathwise", redge, {"n_steps": 5, "t1": 0.5},
+           {"variant": "paper", "exact": True}, "ReDGE with exact Cat(pi) hard samples"),
+    Method("straight_through", "pathwise", straight_through, {}, {}, "Straight-Through"),
+    Method("gumbel_soft", "pathwise", gumbel_softmax, {"tau": 0.5}, {"hard": False},
+           "Gumbel-softmax, relaxed sample"),
+    Method("gumbel_hard", "pathwise", gumbel_softmax, {"tau": 0.5}, {"hard": True},
+           "straight-through Gumbel-softmax"),
+    Method("reinmax", "pathwise", reinmax, {"tau": 1.0}, {}, "ReinMax"),
+    Method("reinforce", "score", reinforce, {"baseline": None}, {},
+           "REINFORCE (optional baseline)"),
+    Method("rloo", "score", rloo, {}, {}, "REINFORCE leave-one-out"),
+    Method("exact", "exact", exact, {}, {}, "exact enumeration (small K**L only)"),
+):
+    register(_m)
+
+
+def methods() -> list[str]:
+    """Names accepted by :func:`surrogate` (and by ``samplegrad bench``)."""
+    return list(_REGISTRY)
+
+
+def get_method(name: str) -> Method:
+    """The registered :class:`Method` called ``name`` (ValueError listing the names if none)."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; choose from {methods()}") from None
+
+
+def surrogate(f: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor,
+              method: str = "redge", n_samples: int = 1, **params: Any) -> torch.Tensor:
+    """A scalar loss whose value estimates ``E[f(x)]``, ``x ~ Cat(softmax(logits))``, and
+    whose ``backward()`` leaves the method's gradient estimate in ``logits.grad``.
+
+    ``f`` takes one-hot configurations ``(n_samples, *logits.shape)`` (every variable at once)
+    and returns ``(n_samples,)``. ``params`` are the method's knobs (``n_steps``, ``t1``,
+    ``tau``, ``baseline``); unknown knobs are an error. For ``method="exact"`` the value and
+    gradient are exact and ``n_samples`` is ignored.
+    """
+    m = get_method(method)
+    unknown = set(params) - set(m.defaults)
+    if unknown:
+        raise ValueError(f"method {method!r} takes {sorted(m.defaults) or 'no knobs'}; "
+                         f"got unknown {sorted(unknown)}")
+    kw = {**m.defaults, **params, **m.fixed}
+    if m.kind == "exact":
+        value, grad = exact(f, logits)
+        lin = (grad.detach() * logits).sum()
+        return value + lin - lin.detach()
+    n_samples = check_n_samples(n_samples)
+    if m.kind == "score":
+        return m.fn(f, logits, n_samples=n_samples, **kw)
+    check_logits(logits)
+    y = m.fn(logits.expand(n_samples, *logits.shape), **kw)
+    fx = f(y)
+    if fx.shape != (n_samples,):
+        raise ValueError(f"f must return one value per sample, shape ({n_samples},); "
+                         f"got {tuple(fx.shape)}")
+    return fx.mean()

@@ -1,0 +1,124 @@
+"""Shared helpers for experiment runners: progress bars, tables, JSON, timing, memory."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import resource
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+
+def progress(iterable: Iterable | None = None, *, desc: str = "", total: int | None = None,
+             leave: bool = False, **kw: Any) -> tqdm:
+    """A tqdm bar on stderr that stays quiet when stderr is not a terminal (CI, pipes)."""
+    disable = kw.pop("disable", None)
+    if disable is None:
+        disable = not sys.stderr.isatty()
+    return tqdm(iterable, desc=desc, total=total, leave=leave, disable=disable,
+                dynamic_ncols=True, **kw)
+
+
+def _jsonable(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return _jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return obj.item()
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` (dicts, lists, dataclasses, tensors, numpy scalars) as indented JSON."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+    tmp.replace(path)  # atomic: an interrupt never leaves half a file
+    return path
+
+
+def _fmt(v: Any, digits: int) -> str:
+    if isinstance(v, float):
+        if v != 0 and (abs(v) < 10 ** -(digits - 1) or abs(v) >= 10**6):
+            return f"{v:.{digits - 1}e}"
+        return f"{v:.{digits}g}" if abs(v) >= 1 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
+                   digits: int = 4) -> str:
+    """Rows of dicts as a GitHub-markdown table (the format the README embeds)."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0].keys())
+    cells = [[_fmt(r.get(c, ""), digits) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    out = [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in cells]
+    return "\n".join(out)
+
+
+class Timer:
+    """``with Timer() as t: ...; t.seconds``."""
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        self.seconds = float("nan")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+@contextlib.contextmanager
+def saved_tensor_bytes() -> Iterator[dict[str, int]]:
+    """Count the bytes autograd saves for backward inside the block (its graph memory).
+
+    ``with saved_tensor_bytes() as m: loss = f(x)`` then ``m["bytes"]``. Tensors saved
+    twice (same storage) are counted once.
+    """
+    seen: set[int] = set()
+    stats = {"bytes": 0}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        try:
+            key = t.untyped_storage().data_ptr()
+        except RuntimeError:  # e.g. tensors without storage
+            key = id(t)
+        if key not in seen:
+            seen.add(key)
+            stats["bytes"] += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield stats
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB (Linux: ru_maxrss is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def seed_all(seed: int) -> torch.Generator:
+    """Seed torch's global RNG and return a fresh generator with the same seed."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
