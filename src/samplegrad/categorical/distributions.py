@@ -29,7 +29,7 @@ class ReDGECategorical(OneHotCategorical):
         self.variant, self.exact, self.hard = variant, bool(exact), bool(hard)
         super().__init__(probs=probs, logits=logits, validate_args=validate_args)
 
-    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
         shape = self._extended_shape(torch.Size(sample_shape))
         logits = self.logits.expand(shape)
         return redge(logits, self.n_steps, self.t1, self.hard, variant=self.variant,

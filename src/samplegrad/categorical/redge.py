@@ -14,17 +14,28 @@ vector-Jacobian products of the paper and ``"max"`` variants written out by hand
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from samplegrad.categorical._checks import check_logits, check_n_steps, check_t1, compute_dtype
-from samplegrad.categorical._sampling import sample_one_hot
+from samplegrad.categorical._sampling import (
+    from_kn,
+    one_hot,
+    one_hot_kn,
+    sample_index_kn,
+    softmax_kn,
+    softmax_kn_,
+    softmax_vjp_kn_,
+    to_kn,
+)
 
 VARIANTS = ("paper", "cov", "max")
 _MIN_VAR = 0.1  # variance floor of the moment-matched ("cov") forward model
 
 
 def schedule(n_steps: int, t1: float) -> tuple[list[float], list[float]]:
-    """The reference grid: ``alpha = [1, linspace(1 - t1, 1e-4, n_steps - 1)]``, ``sigma = 1 - alpha``.
+    """Reference grid ``alpha = [1, linspace(1 - t1, 1e-4, n_steps - 1)]``, ``sigma = 1 - alpha``.
 
     Index 0 is the data end, index ``n_steps - 1`` the noise end; the sampler calls the
     denoiser at indices ``n_steps - 1, ..., 1`` (``n_steps - 1`` calls) and stops at index 1
@@ -43,21 +54,21 @@ def _coefficients(n_steps: int, t1: float) -> tuple[list[float], list[float], li
     return c, a, b
 
 
-def _softmax_vjp(p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``J_softmax(p)^T g = p * (g - <g, p>)``."""
-    return p * (g - (g * p).sum(-1, keepdim=True))
+def _paper_path(theta: torch.Tensor, seed: torch.Tensor, c: list[float], a: list[float],
+                b: list[float], keep: torch.Tensor | None = None) -> torch.Tensor:
+    """DDIM from ``seed`` at index ``n-1`` down to index 1 in ``(K, N)`` layout; returns x_1.
 
-
-def _paper_path(theta: torch.Tensor, x: torch.Tensor, c: list[float], a: list[float],
-                b: list[float], keep: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """DDIM from ``x`` at index ``n-1`` down to index 1; returns (x_1, [p_{n-1}, ..., p_2])."""
-    ps: list[torch.Tensor] = []
-    for i in range(len(c) - 1, 1, -1):
-        p = torch.softmax(torch.add(theta, x, alpha=c[i]), -1)
-        if keep:
-            ps.append(p)
-        x = torch.add(p, x, alpha=b[i] / a[i]).mul_(a[i]) if a[i] != 0 else x * b[i]
-    return x, ps
+    ``keep``, if given, is a ``(n-2, K, N)`` buffer that receives ``p_{n-1}, ..., p_2``.
+    Works in place on two buffers: PyTorch's CPU allocator returns mid-sized blocks to the
+    OS, so every fresh tensor costs page faults; fewer allocations is most of the speed.
+    """
+    x = seed.clone()
+    z = torch.empty_like(x) if keep is None else None
+    for j, i in enumerate(range(len(c) - 1, 1, -1)):
+        p = z if keep is None else keep[j]
+        softmax_kn_(torch.add(theta, x, alpha=c[i], out=p))
+        x.add_(p, alpha=a[i] / b[i]).mul_(b[i])
+    return x
 
 
 def _paper_invert(theta: torch.Tensor, x1: torch.Tensor, c: list[float], a: list[float],
@@ -66,31 +77,30 @@ def _paper_invert(theta: torch.Tensor, x1: torch.Tensor, c: list[float], a: list
 
     Each step inverts ``x_{i-1} = a_i p + b_i x_i`` with ``p`` evaluated at ``x_{i-1}``.
     """
-    x = x1
+    x = x1.clone()
+    p = torch.empty_like(x)
     for i in range(2, len(c)):
-        p = torch.softmax(torch.add(theta, x, alpha=c[i - 1]), -1)
-        x = (x - a[i] * p) / b[i]
+        softmax_kn_(torch.add(theta, x, alpha=c[i - 1], out=p))
+        x.add_(p, alpha=-a[i]).div_(b[i])
     return x
 
 
 def _cov_forward_model(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    probs = torch.softmax(theta, -1)
+    probs = softmax_kn(theta)
     return probs, (probs * (1 - probs)).clamp(min=_MIN_VAR)
 
 
 def _cov_denoise(theta, probs, var, x, alpha, sigma):
     """Posterior mean if ``x_t | x_0 ~ N(alpha x_0 + sigma probs, sigma^2 diag var)``."""
-    return torch.softmax(theta + (alpha * x - alpha * sigma * probs - alpha**2 / 2)
-                         / (var * sigma**2), -1)
+    return softmax_kn(theta + (alpha * x - alpha * sigma * probs - alpha**2 / 2)
+                      / (var * sigma**2))
 
 
-def _cov_soft(theta: torch.Tensor, x: torch.Tensor, n_steps: int, t1: float,
-              from_seed: bool) -> torch.Tensor:
-    """The "cov" sampler, differentiable (used under autograd in backward only)."""
+def _cov_soft(theta: torch.Tensor, x: torch.Tensor, n_steps: int, t1: float) -> torch.Tensor:
+    """The "cov" sampler from a standard-normal seed, differentiable (autograd)."""
     al, si = schedule(n_steps, t1)
     probs, var = _cov_forward_model(theta)
-    if from_seed:
-        x = probs + var.sqrt() * x
+    x = probs + var.sqrt() * x
     for i in range(n_steps - 1, 1, -1):
         p = _cov_denoise(theta, probs, var, x, al[i], si[i])
         x = al[i - 1] * p + si[i - 1] * (x - al[i] * p) / si[i]
@@ -107,73 +117,103 @@ def _cov_invert(theta: torch.Tensor, x1: torch.Tensor, n_steps: int, t1: float) 
     return (x - probs) / var.sqrt()
 
 
+_WORKSPACE = threading.local()
+
+
+def _workspace(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A scratch buffer reused across backward calls (per thread and dtype, grown on demand).
+
+    Fresh memory from the CPU allocator is page-faulted on first touch, which costs more than
+    the arithmetic here; reusing one buffer keeps the backward pass arithmetic-bound. It holds
+    the path's intermediate softmaxes only during a backward call and is never part of the
+    autograd graph. ``torch.cuda`` tensors are not cached (their allocator already caches).
+    """
+    numel = 1
+    for s in shape:
+        numel *= s
+    if device.type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    cache = _WORKSPACE.__dict__.setdefault("buffers", {})  # one set per thread
+    buf = cache.get(dtype)
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=dtype, device=device)
+        cache[dtype] = buf
+    return buf[:numel].view(shape)
+
+
 class _ReDGE(torch.autograd.Function):
-    """Returns ``(soft, hard)``; backward maps ``d soft`` to ``d logits`` through the path."""
+    """``(K, N)`` logits and seed -> hard (or soft) sample; saves O(1) tensors for backward.
+
+    The backward maps the gradient at the output to the logits as if it were the gradient at
+    the soft sample (straight-through), through every DDIM step.
+    """
 
     @staticmethod
-    def forward(ctx, logits, noise, n_steps: int, t1: float, variant: str, exact: bool):
-        dtype = compute_dtype(logits)
-        theta = logits.detach().to(dtype)
-        noise = noise.to(dtype)
+    def forward(ctx, theta, noise, n_steps: int, t1: float, variant: str, exact: bool,
+                hard_out: bool, shape: torch.Size):
+        theta = theta.detach()
         c, a, b = _coefficients(n_steps, t1)
         al, si = schedule(n_steps, t1)
-        with torch.no_grad():
-            if exact:
-                # draw (h, x_t1) from the exact joint: h ~ Cat(pi), x_t1 | h from the forward
-                # model; then soft = E[x_0 | x_t1] and h | x_t1 ~ Cat(soft) exactly.
-                probs = torch.softmax(theta, -1)
-                hard = sample_one_hot(probs)
-                if variant == "cov":
-                    var = (probs * (1 - probs)).clamp(min=_MIN_VAR)
-                    x1 = al[1] * hard + si[1] * (probs + var.sqrt() * noise)
-                    soft = _cov_denoise(theta, probs, var, x1, al[1], si[1])
-                else:
-                    x1 = torch.add(hard, noise, alpha=si[1] / al[1]).mul_(al[1]) \
-                        if al[1] > 0 else si[1] * noise
-                    soft = torch.softmax(torch.add(theta, x1, alpha=c[1]), -1)
-                state = x1
+        k = theta.shape[0]
+        if exact:
+            # draw (h, x_t1) from the exact joint: h ~ Cat(pi), x_t1 | h from the forward
+            # model; then soft = E[x_0 | x_t1] and h | x_t1 ~ Cat(soft) exactly.
+            probs = softmax_kn(theta)
+            idx = sample_index_kn(probs)
+            hard = one_hot_kn(idx, k, theta.dtype)
+            if variant == "cov":
+                var = (probs * (1 - probs)).clamp(min=_MIN_VAR)
+                x1 = al[1] * hard + si[1] * (probs + var.sqrt() * noise)
+                soft = _cov_denoise(theta, probs, var, x1, al[1], si[1])
             else:
-                if variant == "cov":
-                    soft = _cov_soft(theta, noise, n_steps, t1, from_seed=True)
-                else:
-                    x1, _ = _paper_path(theta, noise, c, a, b, keep=False)
-                    soft = torch.softmax(torch.add(theta, x1, alpha=c[1]), -1)
-                hard = sample_one_hot(soft)
-                state = noise
-        ctx.save_for_backward(theta, state, soft, hard)
-        ctx.cfg = (n_steps, t1, variant, exact, logits.dtype)
-        ctx.mark_non_differentiable(hard)
-        return soft.to(logits.dtype), hard.to(logits.dtype)
+                x1 = torch.add(si[1] * noise, hard, alpha=al[1])
+                soft = softmax_kn(torch.add(theta, x1, alpha=c[1]))
+            state = x1
+        else:
+            if variant == "cov":
+                soft = _cov_soft(theta, noise, n_steps, t1)
+            else:
+                x1 = _paper_path(theta, noise, c, a, b)
+                soft = softmax_kn_(x1.mul_(c[1]).add_(theta))
+            idx = sample_index_kn(soft)
+            state = noise
+        ctx.save_for_backward(theta, state, soft, idx)
+        ctx.cfg = (n_steps, t1, variant, exact)
+        # the hard output carries the soft sample's gradient (straight-through)
+        return one_hot(idx, shape, theta.dtype) if hard_out else from_kn(soft, shape)
 
     @staticmethod
-    def backward(ctx, g_soft, _g_hard):
-        theta, state, soft, hard = ctx.saved_tensors
-        n_steps, t1, variant, exact, out_dtype = ctx.cfg
-        g = g_soft.to(theta.dtype)
+    def backward(ctx, g):
+        theta, state, soft, idx = ctx.saved_tensors
+        n_steps, t1, variant, exact = ctx.cfg
+        g = to_kn(g)
+        none = (None,) * 7
         if variant == "cov":
             seed = _cov_invert(theta, state, n_steps, t1) if exact else state
             with torch.enable_grad():
                 th = theta.detach().requires_grad_(True)
-                s = _cov_soft(th, seed, n_steps, t1, from_seed=True)
-                (grad,) = torch.autograd.grad(s, th, g)
-            return grad.to(out_dtype), None, None, None, None, None
+                (grad,) = torch.autograd.grad(_cov_soft(th, seed, n_steps, t1), th, g)
+            return (grad, *none)
         c, a, b = _coefficients(n_steps, t1)
         seed = _paper_invert(theta, state, c, a, b) if exact else state
-        x1, ps = _paper_path(theta, seed, c, a, b, keep=True)
-        s1 = soft if not exact else torch.softmax(torch.add(theta, x1, alpha=c[1]), -1)
-        u = _softmax_vjp(s1, g)
+        ps = _workspace((max(n_steps - 2, 0), *theta.shape), theta.dtype, theta.device)
+        x1 = _paper_path(theta, seed, c, a, b, keep=ps)  # ps = [p_{n-1}, ..., p_2]
+        s1 = softmax_kn_(x1.mul_(c[1]).add_(theta)) if exact else soft
         if variant == "max":  # ReinMax-style: half the final-step term plus <g, d> d
-            d = hard - soft
-            grad = 0.5 * u + 0.5 * (g * d).sum(-1, keepdim=True) * d
+            d = one_hot_kn(idx, theta.shape[0], theta.dtype).sub_(soft)
+            grad = d.mul_(0.5 * (g * d).sum(0, keepdim=True))
+            u = softmax_vjp_kn_(s1, g)
+            grad.add_(u, alpha=0.5)
         else:
+            u = softmax_vjp_kn_(s1, g)
             grad = u.clone()
-        gx = c[1] * u
-        for k, i in enumerate(range(2, n_steps)):
-            p = ps[len(ps) - 1 - k]  # ps holds p_{n-1}, ..., p_2
-            ui = _softmax_vjp(p, a[i] * gx)
+        gx = u.mul_(c[1])
+        ui = torch.empty_like(gx)
+        for j, i in enumerate(range(2, n_steps)):
+            softmax_vjp_kn_(ps[n_steps - 3 - j], torch.mul(gx, a[i], out=ui))
             grad += ui
-            gx = b[i] * gx + c[i] * ui
-        return grad.to(out_dtype), None, None, None, None, None
+            gx.mul_(b[i]).add_(ui, alpha=c[i])
+        return (grad, *none)
 
 
 def redge(logits: torch.Tensor, n_steps: int = 5, t1: float = 0.5, hard: bool = True, *,
@@ -209,12 +249,15 @@ def redge(logits: torch.Tensor, n_steps: int = 5, t1: float = 0.5, hard: bool = 
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if variant == "max" and not hard:
         raise ValueError("variant='max' corrects the hard sample's gradient; use hard=True")
+    dt = compute_dtype(logits)
+    theta = to_kn(logits.to(dt))
     if noise is None:
-        noise = torch.randn(logits.shape, dtype=compute_dtype(logits), device=logits.device)
+        noise = torch.randn(theta.shape, dtype=dt, device=logits.device)
     elif noise.shape != logits.shape:
         raise ValueError(f"noise must have the shape of logits {tuple(logits.shape)}, "
                          f"got {tuple(noise.shape)}")
-    soft, one_hot = _ReDGE.apply(logits, noise, n_steps, t1, variant, bool(exact))
-    if not hard:
-        return soft
-    return one_hot + (soft - soft.detach())
+    else:
+        noise = to_kn(noise.to(dt))
+    out = _ReDGE.apply(theta, noise, n_steps, t1, variant, bool(exact), bool(hard),
+                       logits.shape)
+    return out.to(logits.dtype)
