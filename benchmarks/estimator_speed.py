@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     repeats = 40 if args.quick else 300
     times: dict[str, list[float]] = {k: [] for k in cands}
     for _ in range(5):  # warm-up
-        for name, fn in cands.items():
+        for fn in cands.values():
             _step(fn, logits, w)
     for _ in range(repeats):  # interleaved, so machine noise hits every row alike
         for name, fn in cands.items():

@@ -72,17 +72,22 @@ def _paper_path(theta: torch.Tensor, seed: torch.Tensor, c: list[float], a: list
 
 
 def _paper_invert(theta: torch.Tensor, x1: torch.Tensor, c: list[float], a: list[float],
-                  b: list[float]) -> torch.Tensor:
-    """DDIM inversion: the seed whose DDIM path passes (approximately) through ``x1``.
+                  b: list[float], keep: torch.Tensor) -> None:
+    """DDIM inversion from ``x1`` up to the seed, filling ``keep`` like :func:`_paper_path`.
 
-    Each step inverts ``x_{i-1} = a_i p + b_i x_i`` with ``p`` evaluated at ``x_{i-1}``.
+    Each step inverts ``x_{i-1} = a_i p + b_i x_i`` with ``p`` evaluated at ``x_{i-1}``; the
+    denoiser outputs ``p_i`` at the inverted states are written to ``keep`` (``p_{n-1}``
+    first), so the backward pass differentiates the DDIM steps along a path through ``x1``.
     """
+    n = len(c)
     x = x1.clone()
     p = torch.empty_like(x)
-    for i in range(2, len(c)):
-        softmax_kn_(torch.add(theta, x, alpha=c[i - 1], out=p))
-        x.add_(p, alpha=-a[i]).div_(b[i])
-    return x
+    for i in range(2, n):
+        out = keep[n - 1 - (i - 1)] if i - 1 >= 2 else p  # p_{i-1} at the state x_{i-1}
+        softmax_kn_(torch.add(theta, x, alpha=c[i - 1], out=out))
+        x.add_(out, alpha=-a[i]).div_(b[i])
+    if n > 2:
+        softmax_kn_(torch.add(theta, x, alpha=c[n - 1], out=keep[0]))
 
 
 def _cov_forward_model(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,10 +200,12 @@ class _ReDGE(torch.autograd.Function):
                 (grad,) = torch.autograd.grad(_cov_soft(th, seed, n_steps, t1), th, g)
             return (grad, *none)
         c, a, b = _coefficients(n_steps, t1)
-        seed = _paper_invert(theta, state, c, a, b) if exact else state
         ps = _workspace((max(n_steps - 2, 0), *theta.shape), theta.dtype, theta.device)
-        x1 = _paper_path(theta, seed, c, a, b, keep=ps)  # ps = [p_{n-1}, ..., p_2]
-        s1 = softmax_kn_(x1.mul_(c[1]).add_(theta)) if exact else soft
+        if exact:  # the path through the exact x_t1, by DDIM inversion
+            _paper_invert(theta, state, c, a, b, keep=ps)
+        else:
+            _paper_path(theta, state, c, a, b, keep=ps)  # ps = [p_{n-1}, ..., p_2]
+        s1 = soft
         if variant == "max":  # ReinMax-style: half the final-step term plus <g, d> d
             d = one_hot_kn(idx, theta.shape[0], theta.dtype).sub_(soft)
             grad = d.mul_(0.5 * (g * d).sum(0, keepdim=True))
@@ -234,9 +241,13 @@ def redge(logits: torch.Tensor, n_steps: int = 5, t1: float = 0.5, hard: bool = 
             and ``t1``. The pair (hard, x_t1) is drawn from the exact joint of the forward model
             (``h ~ Cat(pi)``, then ``x_t1 = alpha h + sigma eps``), the soft sample is the exact
             posterior mean ``E[x_0 | x_t1]`` (so ``h | x_t1 ~ Cat(soft)`` as in the default), and
-            the gradient is the DDIM pathwise gradient from the seed that DDIM inversion assigns
-            to ``x_t1``. The default (``False``) follows the reference: the DDIM path only
-            approximates the marginal of ``x_t1``, so hard samples are biased at small n_steps.
+            the gradient is the DDIM pathwise gradient along the path that DDIM inversion
+            draws from ``x_t1`` back to a Gaussian seed. The default (``False``) follows the
+            reference: the DDIM path only approximates the marginal of ``x_t1``, so hard
+            samples are biased at small n_steps. Because the posterior at the exact ``x_t1`` is
+            sharper than at the DDIM approximation, ``exact=True`` wants a larger ``t1``
+            (about 0.3 or more): at ``t1 = 0.1`` soft samples are nearly one-hot and the
+            gradient nearly vanishes, as for Gumbel-softmax at a tiny temperature.
         noise: optional Gaussian seed, shaped like ``logits`` (default: ``torch.randn``).
 
     Returns:
