@@ -1,0 +1,285 @@
+"""`samplegrad bench gradients`: gradient quality of every estimator against the truth.
+
+On small problems where enumeration gives the exact gradient ``g``
+(:mod:`samplegrad.tasks.gradient_problems`), each estimator and each setting of its knobs
+(``t1``, ``n_steps``; ``tau``; ``n_samples``; REINFORCE's baseline) is drawn ``n_draws``
+independent times, and we report
+
+- bias²: ``||mean_i g_i - g||² - variance / n_draws`` (the Monte Carlo noise of the mean
+  subtracted, so an unbiased estimator scores 0 up to noise; it can be slightly negative),
+- variance: ``mean_i ||g_i - mean g||²`` (trace of the covariance, ``n_draws - 1`` divisor),
+- MSE: ``mean_i ||g_i - g||²``, its ratio to ``||g||²``, and the mean cosine ``cos(g_i, g)``,
+- cost: median wall time of one ``estimate(...).backward()`` call (1 thread),
+- MSE at an equal wall-clock budget ``B``: the mean of ``m = floor(B / cost)`` independent
+  estimates has MSE ``max(bias², 0) + variance / m`` (exact for independent draws).
+
+Draws are vectorized: pathwise estimators run on a batch of independent copies of the
+logits (one leaf row per draw, so each row's gradient is one single-sample estimate; an
+``n_samples`` estimate is the mean of ``n_samples`` of them, exactly as ``surrogate``
+computes it). Score-function estimators (REINFORCE, RLOO) couple their samples through the
+joint log-probability, so their draws call ``estimate`` once each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from samplegrad.experiments._common import markdown_table, progress, seed_all, write_json
+from samplegrad.experiments._estimators import (
+    bench_methods,
+    estimate,
+    is_score_function,
+    sampler,
+)
+from samplegrad.tasks.gradient_problems import PROBLEMS, GradientProblem, Objective, get_problem
+
+_REDGE_LIKE = ("redge", "redge_cov", "redge_max", "redge_exact", "peer_redge")
+
+
+@dataclass(frozen=True)
+class GradientsConfig:
+    """Settings of the benchmark (printed with each result)."""
+
+    problems: tuple[str, ...] = tuple(PROBLEMS)
+    n_draws: int = 4000
+    n_samples: tuple[int, ...] = (1, 4, 16)
+    t1: tuple[float, ...] = (0.1, 0.3, 0.5, 0.8)
+    n_steps: tuple[int, ...] = (3, 5, 9)
+    tau_gumbel: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0, 2.0)
+    tau_reinmax: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
+    budgets_ms: tuple[float, ...] = (1.0, 100.0)
+    timing_reps: int = 15
+
+
+QUICK = GradientsConfig(problems=("mlp_L4_K5",), n_draws=500, n_samples=(1, 4), t1=(0.3, 0.8),
+                        n_steps=(3, 5), tau_gumbel=(0.3, 1.0), tau_reinmax=(1.0, 2.0),
+                        timing_reps=5)
+
+
+def knob_grid(name: str, cfg: GradientsConfig, value: float = 0.0) -> list[dict[str, Any]]:
+    """Knob settings for ``name``; REINFORCE: no baseline, or the exact mean ``value``."""
+    if name in _REDGE_LIKE:
+        return [{"n_steps": s, "t1": t} for s in cfg.n_steps for t in cfg.t1]
+    if name in ("gumbel_soft", "gumbel_hard"):
+        return [{"tau": t} for t in cfg.tau_gumbel]
+    if name == "reinmax":
+        return [{"tau": t} for t in cfg.tau_reinmax]
+    if name == "reinforce":
+        return [{"baseline": None}, {"baseline": float(value)}]
+    return [{}]
+
+
+def draw_estimates(f: Objective, logits: torch.Tensor, name: str, n_draws: int,
+                   n_samples: int = 1, **knobs: Any) -> torch.Tensor:
+    """``n_draws`` independent ``n_samples``-sample gradient estimates ``(n_draws, *logits.shape)``
+    of ``d E[f] / d logits`` by estimator ``name`` (see the module docstring)."""
+    if n_draws < 1:
+        raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    base = logits.detach()
+    if is_score_function(name):
+        out = torch.empty(n_draws, *base.shape, dtype=base.dtype)
+        for i in range(n_draws):
+            leaf = base.clone().requires_grad_()
+            estimate(f, leaf, name, n_samples, **knobs).backward()
+            out[i] = leaf.grad
+        return out
+    leaf = base.expand(n_draws * n_samples, *base.shape).clone().requires_grad_()
+    fx = f(sampler(name, **knobs)(leaf))
+    if fx.shape != (n_draws * n_samples,):
+        raise ValueError(f"f must return one value per sample; got {tuple(fx.shape)}")
+    fx.sum().backward()
+    return leaf.grad.reshape(n_draws, n_samples, *base.shape).mean(1)
+
+
+def gradient_stats(estimates: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """bias², variance, MSE, relative MSE and mean cosine of ``estimates (N, *shape)`` against
+    the exact gradient ``truth (*shape)`` (definitions in the module docstring)."""
+    if estimates.dim() < 1 or estimates.shape[1:] != truth.shape:
+        raise ValueError(f"estimates must be shaped (N, *{tuple(truth.shape)}), got "
+                         f"{tuple(estimates.shape)}")
+    n = estimates.shape[0]
+    if n < 2:
+        raise ValueError(f"estimates needs at least 2 draws, got {n}")
+    e = estimates.double().flatten(1)
+    g = truth.double().flatten()
+    mean = e.mean(0)
+    variance = float(((e - mean) ** 2).sum(1).sum() / (n - 1))
+    bias2 = float(((mean - g) ** 2).sum()) - variance / n
+    mse = float(((e - g) ** 2).sum(1).mean())
+    cos = (e @ g) / (e.norm(dim=1) * g.norm()).clamp_min(1e-30)
+    g2 = float((g**2).sum())
+    return {"bias2": bias2, "bias2_noise": variance / n, "variance": variance, "mse": mse,
+            "rel_mse": mse / g2 if g2 > 0 else math.inf, "cosine": float(cos.mean())}
+
+
+def time_estimate(f: Objective, logits: torch.Tensor, name: str, n_samples: int = 1,
+                  reps: int = 15, **knobs: Any) -> float:
+    """Fastest of ``reps`` timed ``estimate(f, logits, name, n_samples).backward()`` calls, in
+    seconds (the minimum is the least disturbed by other processes on a shared machine)."""
+    times = []
+    for i in range(reps + 2):
+        leaf = logits.detach().clone().requires_grad_()
+        t0 = time.perf_counter()
+        estimate(f, leaf, name, n_samples, **knobs).backward()
+        if i >= 2:  # two warm-up calls
+            times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def budget_mse(bias2: float, variance: float, seconds: float, budget_s: float) -> float:
+    """MSE of the mean of ``floor(budget_s / seconds)`` independent draws (nan if none fits)."""
+    m = math.floor(budget_s / seconds)
+    return max(bias2, 0.0) + variance / m if m >= 1 else math.nan
+
+
+def knob_str(knobs: dict[str, Any]) -> str:
+    parts = []
+    for k, v in knobs.items():
+        if k == "baseline":
+            parts.append("baseline=" + ("none" if v is None else "E[f]"))
+        else:
+            parts.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(parts) or "-"
+
+
+def evaluate_problem(problem: GradientProblem, names: list[str], cfg: GradientsConfig,
+                     seed: int = 0, bar=None) -> list[dict[str, Any]]:
+    """One row per (estimator, knobs, n_samples) setting on ``problem``."""
+    value, truth = problem.exact()
+    rows = []
+    for name in names:
+        for knobs in knob_grid(name, cfg, float(value)):
+            for n in cfg.n_samples:
+                n_eff = max(n, 2) if name == "rloo" else n
+                seed_all(seed)
+                est = draw_estimates(problem.f, problem.logits, name, cfg.n_draws, n_eff,
+                                     **knobs)
+                stats = gradient_stats(est, truth)
+                sec = time_estimate(problem.f, problem.logits, name, n_eff, cfg.timing_reps,
+                                    **knobs)
+                row = {"problem": problem.name, "estimator": name, "knobs": knob_str(knobs),
+                       "n_samples": n_eff, **stats, "us": sec * 1e6}
+                for b in cfg.budgets_ms:
+                    row[f"mse@{b:g}ms"] = budget_mse(stats["bias2"], stats["variance"], sec,
+                                                     b / 1e3)
+                rows.append(row)
+                if bar is not None:
+                    bar.update()
+    return rows
+
+
+def best_rows(rows: list[dict[str, Any]], cfg: GradientsConfig) -> list[dict[str, Any]]:
+    """Per estimator: its lowest-MSE setting at its smallest ``n_samples``, plus the lowest
+    equal-budget MSE over all its settings (any ``n_samples``)."""
+    out = []
+    for name in dict.fromkeys(r["estimator"] for r in rows):
+        mine = [r for r in rows if r["estimator"] == name]
+        n0 = min(r["n_samples"] for r in mine)
+        b = min((r for r in mine if r["n_samples"] == n0), key=lambda r: r["mse"])
+        row = {"estimator": name, "knobs": b["knobs"], "n": n0, "bias²": b["bias2"],
+               "variance": b["variance"], "MSE": b["mse"], "MSE/‖g‖²": b["rel_mse"],
+               "cosine": b["cosine"], "µs/estimate": b["us"]}
+        for budget in cfg.budgets_ms:
+            key = f"mse@{budget:g}ms"
+            fits = [r for r in mine if not math.isnan(r[key])]
+            if fits:
+                bb = min(fits, key=lambda r: r[key])
+                row[f"MSE @ {budget:g} ms"] = bb[key]
+                row[f"setting @ {budget:g} ms"] = f"{bb['knobs']}, n={bb['n_samples']}"
+            else:
+                row[f"MSE @ {budget:g} ms"] = math.nan
+                row[f"setting @ {budget:g} ms"] = "(one draw costs more)"
+        out.append(row)
+    return sorted(out, key=lambda r: r["MSE"])
+
+
+def caption(problem: GradientProblem, cfg: GradientsConfig) -> str:
+    _, g = problem.exact()
+    return (f"{problem.description}; ‖g‖² = {float((g**2).sum()):.4g}. {cfg.n_draws} independent "
+            f"draws per setting; knobs: t1 ∈ {list(cfg.t1)}, n_steps ∈ {list(cfg.n_steps)}, "
+            f"Gumbel tau ∈ {list(cfg.tau_gumbel)}, ReinMax tau ∈ {list(cfg.tau_reinmax)}, "
+            f"REINFORCE baseline ∈ {{none, exact E[f]}}; n_samples ∈ {list(cfg.n_samples)} "
+            f"(RLOO ≥ 2). Columns n..µs: the lowest-MSE knob at the smallest n; "
+            f"'MSE @ B': the best setting (any knob and n) when the mean of floor(B/cost) "
+            f"draws is taken; costs measured on 1 thread.")
+
+
+def plot(rows: list[dict[str, Any]], problems: list[str], path: Path) -> None:
+    """MSE/‖g‖² against the cost of one estimate, every setting, one panel per problem."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["estimator"] for r in rows))
+    cmap = plt.get_cmap("tab20")
+    markers = {1: "o", 2: "o", 4: "s", 16: "^"}
+    fig, axes = plt.subplots(1, len(problems), figsize=(6 * len(problems), 4.8), squeeze=False)
+    for ax, prob in zip(axes[0], problems):
+        for i, name in enumerate(names):
+            mine = [r for r in rows if r["problem"] == prob and r["estimator"] == name]
+            for n in sorted({r["n_samples"] for r in mine}):
+                pts = [r for r in mine if r["n_samples"] == n]
+                ax.scatter([r["us"] for r in pts], [r["rel_mse"] for r in pts], s=14,
+                           color=cmap(i % 20), marker=markers.get(n, "x"), alpha=0.8,
+                           label=name if n == min(r["n_samples"] for r in mine) else None)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(prob)
+        ax.set_xlabel("µs per estimate (fwd+bwd, 1 thread)")
+        ax.set_ylabel("MSE / ‖g‖²")
+    axes[0][-1].legend(fontsize=7, loc="best", title="o n=1(2) □ n=4 △ n=16", title_fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--problems", nargs="+", default=None, choices=list(PROBLEMS))
+    p.add_argument("--n-draws", type=int, default=None)
+    p.add_argument("--methods", nargs="+", default=None, help="subset of estimators")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    if not getattr(args, "threads", None):
+        torch.set_num_threads(1)
+    cfg = QUICK if args.quick else GradientsConfig()
+    if args.problems:
+        cfg = replace(cfg, problems=tuple(args.problems))
+    if args.n_draws:
+        cfg = replace(cfg, n_draws=args.n_draws)
+    names = args.methods or bench_methods()
+    unknown = set(names) - set(bench_methods())
+    if unknown:
+        raise ValueError(f"methods: unknown {sorted(unknown)}; choose from {bench_methods()}")
+    print(f"config: {cfg}")
+    out = args.out / "gradients"
+    stem = "gradients_quick" if args.quick else "gradients"
+    problems = [get_problem(p, seed=args.seed) for p in cfg.problems]
+    total = sum(len(knob_grid(n, cfg)) for n in names) * len(cfg.n_samples) * len(problems)
+    bar = progress(desc="gradients", total=total, disable=None)
+    result: dict[str, Any] = {"config": asdict(cfg), "seed": args.seed, "rows": [],
+                              "best": {}}
+    text = []
+    for prob in problems:
+        rows = evaluate_problem(prob, names, cfg, seed=args.seed, bar=bar)
+        best = best_rows(rows, cfg)
+        result["rows"] += rows
+        result["best"][prob.name] = best
+        write_json(out / f"{stem}.json", result)  # after each problem: nothing lost
+        text.append(f"**{prob.name}.** {caption(prob, cfg)}\n\n{markdown_table(best)}")
+    bar.close()
+    print()
+    print("\n\n".join(text))
+    plot(result["rows"], [p.name for p in problems], out / f"{stem}.png")
+    return result
