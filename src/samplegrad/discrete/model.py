@@ -1,0 +1,81 @@
+"""A small transformer denoiser over token sequences with an absorbing [MASK] state.
+
+Tokens are ``0..vocab_size-1``; the mask token is ``vocab_size``. The network sees the
+partially masked sequence and predicts, for every position, logits over the ``vocab_size``
+real tokens (never the mask). No time conditioning: the masked fraction is visible in the
+input (as in MDLM / RADD, where the optimal denoiser of the absorbing process does not
+depend on t given the masked sequence).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class MDMConfig:
+    """Architecture of :class:`Denoiser`."""
+
+    vocab_size: int  # real tokens; the mask id is vocab_size
+    seq_len: int
+    width: int = 128
+    depth: int = 3
+    heads: int = 4
+    mlp_ratio: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "seq_len", "width", "depth", "heads", "mlp_ratio"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int; got {v!r}")
+        if self.width % self.heads:
+            raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+
+def check_tokens(x: Tensor, vocab_size: int, seq_len: int | None = None, *,
+                 allow_mask: bool = True, name: str = "x") -> Tensor:
+    """Validate an integer token tensor ``(..., L)`` with ids in ``0..vocab_size`` (the last
+    one is [MASK], allowed only if ``allow_mask``); returns it as int64."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise ValueError(f"{name} must have an integer dtype; got {x.dtype}")
+    if x.ndim < 1:
+        raise ValueError(f"{name} must be shaped (..., L); got a scalar")
+    if seq_len is not None and x.shape[-1] != seq_len:
+        raise ValueError(f"{name} must be shaped (..., {seq_len}); got {tuple(x.shape)}")
+    top = vocab_size if allow_mask else vocab_size - 1
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) > top):
+        what = f"0..{vocab_size - 1} or the mask id {vocab_size}" if allow_mask \
+            else f"0..{vocab_size - 1}"
+        raise ValueError(f"{name} has token ids outside {what} "
+                         f"(min {int(x.min())}, max {int(x.max())})")
+    return x.long()
+
+
+class Denoiser(nn.Module):
+    """Pre-norm transformer encoder: tokens ``(B, L)`` -> logits ``(B, L, vocab_size)``."""
+
+    def __init__(self, config: MDMConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.tok = nn.Embedding(c.vocab_size + 1, c.width)
+        self.pos = nn.Parameter(torch.randn(c.seq_len, c.width) * 0.02)
+        layer = nn.TransformerEncoderLayer(c.width, c.heads, c.mlp_ratio * c.width, dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, c.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(c.width)
+        self.head = nn.Linear(c.width, c.vocab_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = check_tokens(x, self.config.vocab_size, self.config.seq_len)
+        h = self.tok(x) + self.pos
+        return self.head(self.norm(self.blocks(h)))

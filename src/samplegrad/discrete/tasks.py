@@ -1,0 +1,63 @@
+"""The two token tasks: Sudoku grids (81 tokens, vocabulary 9) and binarized 8x8 digits
+(64 tokens, vocabulary 2), with their guidance objectives (per-sequence losses to minimize).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from samplegrad.discrete.guidance import Objective
+from samplegrad.tasks.rewards import digit_log_prob
+from samplegrad.tasks.sudoku import penalty
+
+SUDOKU_VOCAB, SUDOKU_LEN = 9, 81
+DIGITS_VOCAB, DIGITS_LEN = 2, 64
+
+
+def _check_int(x: Tensor, name: str, length: int, top: int) -> Tensor:
+    if not isinstance(x, Tensor) or x.dtype.is_floating_point or x.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor")
+    if x.ndim < 1 or x.shape[-1] != length:
+        raise ValueError(f"{name} must be shaped (..., {length}); got {tuple(x.shape)}")
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) > top):
+        raise ValueError(f"{name} has values outside 0..{top}")
+    return x.long()
+
+
+def sudoku_tokens(grid: Tensor) -> Tensor:
+    """Digit grid ``(..., 81)`` (1..9, 0 blank) -> tokens (digit - 1; blank -> mask id 9)."""
+    grid = _check_int(grid, "grid", SUDOKU_LEN, 9)
+    return torch.where(grid == 0, torch.full_like(grid, SUDOKU_VOCAB), grid - 1)
+
+
+def sudoku_grid(tokens: Tensor) -> Tensor:
+    """Inverse of :func:`sudoku_tokens`: tokens ``(..., 81)`` -> digits (mask -> 0)."""
+    tokens = _check_int(tokens, "tokens", SUDOKU_LEN, SUDOKU_VOCAB)
+    return torch.where(tokens == SUDOKU_VOCAB, torch.zeros_like(tokens), tokens + 1)
+
+
+def digit_tokens(images: Tensor) -> Tensor:
+    """Binarized images ``(..., 64)`` with values in {0, 1} -> tokens (int64)."""
+    if not isinstance(images, Tensor) or images.ndim < 1 or images.shape[-1] != DIGITS_LEN:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images must be shaped (..., {DIGITS_LEN}); got {shape}")
+    if not bool(((images == 0) | (images == 1)).all()):
+        raise ValueError("images must be binarized (values 0 or 1)")
+    return images.long()
+
+
+def sudoku_objective(y: Tensor) -> Tensor:
+    """Constraint penalty of digit assignments ``(S, B, 81, 9)`` -> ``(S, B)``."""
+    return penalty(y)
+
+
+def digit_objective(classifier: nn.Module, digit: int, scale: float = 1.0) -> Objective:
+    """``-scale * log p(digit | image)``, the image being the "on" channel of
+    ``(S, B, 64, 2)`` one-hot/soft pixels -> ``(S, B)``."""
+    def objective(y: Tensor) -> Tensor:
+        s, b = y.shape[:2]
+        return -scale * digit_log_prob(classifier, y[..., 1].reshape(s * b, DIGITS_LEN),
+                                       digit).reshape(s, b)
+
+    return objective
