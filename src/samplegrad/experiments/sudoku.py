@@ -1,0 +1,333 @@
+"""`samplegrad bench sudoku`: Sudoku without a prior, every gradient estimator.
+
+Each puzzle gets free logits ``(81, 9)`` (clue cells clamped: every other digit is −inf), and
+Adam minimizes ``E[penalty(x)]``, ``x ~ Cat(softmax(logits))`` (Σ over rows, columns, boxes
+and digits of (count − 1)²). All puzzles (every difficulty) are optimized at once as one
+batch ``(P, 81, 9)``; pathwise estimators get ``f = Σ_p penalty_p`` (its gradient w.r.t.
+puzzle p's logits depends on puzzle p's sample only). Score-function estimators (REINFORCE
+with a per-puzzle EMA baseline, RLOO) are called once per puzzle by default, so each puzzle's
+gradient is not drowned in the other puzzles' noise (``--sf-joint`` feeds them the sum too).
+
+Headline metric: fraction of puzzles whose argmax grid is a valid solution agreeing with the
+clues, at several step budgets. Also reported: mean violations of the argmax grid and the
+probability that one sampled grid solves the puzzle (mean over draws).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from samplegrad.experiments._common import (
+    Timer,
+    markdown_table,
+    progress,
+    seed_all,
+    write_json,
+)
+from samplegrad.experiments._estimators import (
+    PEER_REDGE,
+    bench_methods,
+    default_knobs,
+    estimate,
+    is_score_function,
+)
+from samplegrad.tasks import sudoku as S
+
+# knobs per estimator (METHODS.md reference settings; redge_exact wants t1 >= 0.3)
+KNOBS: dict[str, dict[str, Any]] = {
+    "redge": {"n_steps": 5, "t1": 0.1},
+    "redge_cov": {"n_steps": 5, "t1": 0.2},
+    "redge_max": {"n_steps": 5, "t1": 0.8},
+    "redge_exact": {"n_steps": 5, "t1": 0.3},
+    PEER_REDGE: {"n_steps": 5, "t1": 0.1},
+    "gumbel_soft": {"tau": 0.1},
+    "gumbel_hard": {"tau": 0.1},
+    "reinmax": {"tau": 1.0},
+}
+
+
+@dataclass
+class SudokuConfig:
+    """Settings of one benchmark run (printed and saved with the results)."""
+
+    n_puzzles: int = 50  # per difficulty
+    difficulties: tuple[str, ...] = ("easy", "medium", "hard")
+    budgets: tuple[int, ...] = (100, 300, 1000)  # gradient steps at which to report
+    n_samples: int = 2  # samples per step (every estimator; RLOO needs >= 2)
+    lr: float = 0.1
+    eval_every: int = 20  # argmax check for the curves
+    eval_draws: int = 8  # sampled grids per puzzle at each budget
+    ema: float = 0.9  # REINFORCE baseline: EMA of past values (per puzzle)
+    score_per_puzzle: bool = True
+    methods: tuple[str, ...] = ()  # empty: every estimator of bench_methods()
+    knobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # overrides of KNOBS
+    seed: int = 0
+
+
+def method_knobs(name: str, overrides: dict[str, dict[str, Any]] | None = None) -> dict:
+    """Knobs used for ``name``: its defaults, then :data:`KNOBS`, then ``overrides``."""
+    return {**default_knobs(name), **KNOBS.get(name, {}), **(overrides or {}).get(name, {})}
+
+
+# ---------------------------------------------------------------- optimization state
+
+
+@dataclass
+class State:
+    """Logits of every puzzle, their optimizer, and the REINFORCE baselines."""
+
+    logits: torch.Tensor  # (P, 81, 9), free (clamping is applied in the loss)
+    opt: torch.optim.Optimizer
+    baseline: torch.Tensor  # (P,) EMA of past penalties (nan before the first step)
+    step: int = 0
+
+
+def init(n_puzzles: int, lr: float) -> State:
+    """Uniform logits (no prior) and a fresh Adam."""
+    logits = torch.zeros(n_puzzles, 81, 9, requires_grad=True)
+    return State(logits, torch.optim.Adam([logits], lr=lr), torch.full((n_puzzles,), math.nan))
+
+
+def _baseline(b: torch.Tensor) -> torch.Tensor | None:
+    return None if bool(torch.isnan(b).any()) else b
+
+
+def step(state: State, puzzles: torch.Tensor, name: str, knobs: dict[str, Any],
+         n_samples: int, ema: float = 0.9, per_puzzle: bool = True) -> torch.Tensor:
+    """One Adam step on ``E[penalty]`` with estimator ``name``; returns the per-puzzle
+    Monte Carlo penalties ``(P,)`` (for the joint score-function mode: the mean, repeated)."""
+    state.opt.zero_grad(set_to_none=True)
+    clamped = S.clue_mask_logits(puzzles, state.logits)
+    score = is_score_function(name)
+    uses_baseline = name == "reinforce"
+    if score and per_puzzle:
+        total = clamped.new_zeros(())
+        values = []
+        for p in range(len(puzzles)):
+            kw = dict(knobs)
+            if uses_baseline:
+                kw["baseline"] = _baseline(state.baseline[p])
+            loss = estimate(S.penalty, clamped[p], name, n_samples, **kw)
+            total = total + loss
+            values.append(loss.detach())
+        vals = torch.stack(values)
+    else:
+        kw = dict(knobs)
+        if uses_baseline:
+            kw["baseline"] = _baseline(state.baseline.sum())
+        total = estimate(lambda x: S.penalty(x).sum(-1), clamped, name, n_samples, **kw)
+        vals = torch.full((len(puzzles),), float(total.detach()) / len(puzzles))
+    total.backward()
+    state.opt.step()
+    if uses_baseline:
+        old = torch.nan_to_num(state.baseline, nan=0.0)
+        first = torch.isnan(state.baseline)
+        state.baseline = torch.where(first, vals, ema * old + (1 - ema) * vals)
+    state.step += 1
+    return vals
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(logits: torch.Tensor, puzzles: torch.Tensor, draws: int = 0,
+             generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Per-puzzle metrics ``(P,)``: argmax solved, argmax violations, and (``draws`` > 0)
+    the fraction of sampled grids that solve the puzzle."""
+    clamped = S.clue_mask_logits(puzzles, logits)
+    grid = S.to_grid(clamped)
+    out = {"solved": S.is_solved(grid, puzzles).float(),
+           "violations": S.violations(grid).float()}
+    if draws:
+        probs = torch.softmax(clamped, -1).reshape(-1, 9)
+        idx = torch.multinomial(probs, draws, replacement=True, generator=generator)
+        samples = idx.reshape(len(puzzles), 81, draws).permute(2, 0, 1) + 1  # (draws, P, 81)
+        out["sample_solved"] = S.is_solved(samples, puzzles).float().mean(0)
+    return out
+
+
+def _by_group(values: torch.Tensor, groups: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {g: float(values[idx].mean()) for g, idx in groups.items()}
+
+
+def run_method(name: str, puzzles: torch.Tensor, groups: dict[str, torch.Tensor],
+               cfg: SudokuConfig) -> dict[str, Any]:
+    """Optimize every puzzle with ``name`` for ``max(cfg.budgets)`` steps; metrics per group."""
+    seed_all(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    knobs = method_knobs(name, cfg.knobs)
+    state = init(len(puzzles), cfg.lr)
+    n_steps = max(cfg.budgets)
+    curve: dict[str, list] = {"step": [], **{g: [] for g in groups}}
+    at_budget: dict[str, Any] = {}
+    first_solved = torch.full((len(puzzles),), -1)
+    losses = []
+    bar = progress(range(1, n_steps + 1), desc=f"sudoku {name}", total=n_steps)
+    with Timer() as t:
+        for s in bar:
+            vals = step(state, puzzles, name, knobs, cfg.n_samples, cfg.ema,
+                        cfg.score_per_puzzle)
+            losses.append(float(vals.mean()))
+            if s % cfg.eval_every == 0 or s in cfg.budgets:
+                m = evaluate(state.logits, puzzles, cfg.eval_draws if s in cfg.budgets else 0,
+                             gen)
+                newly = (m["solved"] > 0) & (first_solved < 0)
+                first_solved[newly] = s
+                curve["step"].append(s)
+                for g, frac in _by_group(m["solved"], groups).items():
+                    curve[g].append(frac)
+                bar.set_postfix_str(f"solved {float(m['solved'].mean()):.2f}")
+                if s in cfg.budgets:
+                    at_budget[str(s)] = {k: _by_group(v, groups) for k, v in m.items()}
+                    at_budget[str(s)]["mean_penalty"] = float(sum(losses[-10:]) / 10)
+    return {"knobs": knobs, "seconds": t.seconds, "curve": curve, "budgets": at_budget,
+            "first_solved": first_solved.tolist()}
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def load_puzzles(cfg: SudokuConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The fixed-seed puzzle set, all difficulties stacked, and each difficulty's indices."""
+    parts, groups, start = [], {}, 0
+    for d in cfg.difficulties:
+        puzzles, _ = S.puzzle_set(cfg.n_puzzles, seed=cfg.seed, difficulty=d)
+        parts.append(puzzles)
+        groups[d] = torch.arange(start, start + len(puzzles))
+        start += len(puzzles)
+    return torch.cat(parts), groups
+
+
+def table_rows(results: dict[str, Any], cfg: SudokuConfig) -> list[dict[str, Any]]:
+    """One row per (estimator, budget): solved fraction (argmax) per difficulty, and more."""
+    rows = []
+    for name, r in results.items():
+        for b in cfg.budgets:
+            m = r["budgets"].get(str(b))
+            if m is None:
+                continue
+            row: dict[str, Any] = {"estimator": name, "steps": b}
+            for d in cfg.difficulties:
+                row[f"solved {d}"] = m["solved"][d]
+            for d in cfg.difficulties:
+                row[f"viol {d}"] = m["violations"][d]
+            row["sample solved (all)"] = sum(m["sample_solved"].values()) / len(
+                cfg.difficulties)
+            rows.append(row)
+    return rows
+
+
+def plot(results: dict[str, Any], cfg: SudokuConfig, path: Path) -> Path:
+    """Fraction solved (argmax) vs step, one panel per difficulty, one line per estimator."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(cfg.difficulties), figsize=(4.2 * len(cfg.difficulties), 3.6),
+                             sharey=True, squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for ax, d in zip(axes[0], cfg.difficulties):
+        for i, (name, r) in enumerate(results.items()):
+            ax.plot(r["curve"]["step"], r["curve"][d], label=name, color=cmap(i % 20),
+                    ls="--" if name.startswith(("reinforce", "rloo")) else "-")
+        ax.set_title(f"{d} ({S.DIFFICULTY_CLUES[d]} clues)")
+        ax.set_xlabel("Adam step")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("fraction solved (argmax)")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-puzzles", type=int, default=None,
+                   help="puzzles per difficulty (default 50; quick 4)")
+    p.add_argument("--budgets", type=str, default=None,
+                   help="comma-separated step budgets (default 100,300,1000; quick 30,100)")
+    p.add_argument("--methods", type=str, default=None, help="comma-separated estimators")
+    p.add_argument("--n-samples", type=int, default=2)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--sf-joint", action="store_true",
+                   help="score-function estimators see the summed penalty of all puzzles")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse estimators already in results/sudoku/sudoku.json (same settings)")
+
+
+def config_from_args(args: argparse.Namespace) -> SudokuConfig:
+    quick = bool(getattr(args, "quick", False))
+    get = lambda k, d=None: getattr(args, k, d)  # noqa: E731
+    budgets = get("budgets")
+    methods = get("methods")
+    cfg = SudokuConfig(
+        n_puzzles=get("n_puzzles") or (4 if quick else 50),
+        budgets=tuple(int(b) for b in budgets.split(",")) if budgets else
+        ((30, 100) if quick else (100, 300, 1000)),
+        n_samples=get("n_samples") or 2, lr=get("lr") or 0.1,
+        eval_every=10 if quick else 20,
+        score_per_puzzle=not get("sf_joint", False),
+        methods=tuple(methods.split(",")) if methods else (), seed=get("seed", 0) or 0)
+    if cfg.n_samples < 2:
+        raise ValueError("n_samples must be >= 2 (RLOO needs two samples)")
+    if any(b < 1 for b in cfg.budgets):
+        raise ValueError(f"budgets must be positive; got {cfg.budgets}")
+    return cfg
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(getattr(args, "threads", None) or 1)
+    cfg = config_from_args(args)
+    names = list(cfg.methods) or bench_methods()
+    out_dir = Path(args.out) / "sudoku"
+    json_path = out_dir / "sudoku.json"
+    settings = asdict(cfg)
+    settings["knobs"] = {n: method_knobs(n, cfg.knobs) for n in names}
+    results: dict[str, Any] = {}
+    if getattr(args, "resume", False) and json_path.exists():
+        import json
+
+        old = json.loads(json_path.read_text())
+        same = {k: v for k, v in old.get("settings", {}).items() if k != "methods"}
+        mine = {k: v for k, v in _plain(settings).items() if k != "methods"}
+        if same == mine:
+            results = {n: r for n, r in old["results"].items() if n in names}
+    puzzles, groups = load_puzzles(cfg)
+    sizes = ", ".join(f"{len(i)} {d} ({S.DIFFICULTY_CLUES[d]} clues)" for d, i in groups.items())
+    print(f"Sudoku without a prior: {len(puzzles)} puzzles ({sizes}), seed {cfg.seed}")
+    print(f"settings: {settings}")
+    for name in names:
+        if name in results:
+            continue
+        results[name] = run_method(name, puzzles, groups, cfg)
+        out = {"settings": settings, "results": results, "rows": table_rows(results, cfg)}
+        write_json(json_path, out)  # after every estimator: an interrupt loses at most one
+    rows = table_rows(results, cfg)
+    print("\nFraction of puzzles whose argmax grid solves the puzzle (headline), mean "
+          "violations of the argmax grid, and P(one sampled grid solves), after each budget:\n")
+    print(markdown_table(rows, digits=3))
+    times = [{"estimator": n, "seconds": r["seconds"],
+              "ms/step": 1000 * r["seconds"] / max(cfg.budgets)} for n, r in results.items()]
+    print("\n" + markdown_table(times, digits=3))
+    out = {"settings": settings, "results": results, "rows": rows, "times": times}
+    write_json(json_path, out)
+    plot(results, cfg, out_dir / "sudoku_solved.png")
+    return out
+
+
+def _plain(obj: Any) -> Any:
+    import json
+
+    from samplegrad.experiments._common import _jsonable
+
+    return json.loads(json.dumps(_jsonable(obj)))
