@@ -1,0 +1,281 @@
+"""`samplegrad bench vae`: categorical VAEs trained with every gradient estimator.
+
+For each estimator and seed: train a VAE (−ELBO, analytic KL to the uniform prior) with
+Adam, checkpointing under ``checkpoints/vae/`` (resumable: an interrupted run continues
+exactly where it stopped; finished runs are reused), then evaluate on the test set with
+exact one-hot samples: −ELBO (Monte Carlo over ``z ~ q``) and the importance-weighted bound
+with ``iwae_samples`` samples. Prints a mean ± std table over seeds and writes JSON, a
+markdown table and a loss-curve PNG under ``results/vae/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from samplegrad.data import load_digits, load_idx_dataset
+from samplegrad.experiments._common import Timer, markdown_table, progress, write_json
+from samplegrad.experiments._estimators import bench_methods, default_knobs
+from samplegrad.tasks.checkpoint import load_checkpoint
+from samplegrad.tasks.vae import (
+    TrainConfig,
+    VAEConfig,
+    fit,
+    init_train,
+    iwae_bound,
+    neg_elbo,
+    save_state,
+)
+
+CONFIGS = {"20x10": (20, 10), "48x2": (48, 2)}
+
+
+@dataclass
+class Settings:
+    """One benchmark cell: dataset x latent config, shared by every estimator and seed."""
+
+    dataset: str = "digits"
+    config: str = "20x10"
+    steps: int = 1000
+    seeds: int = 3
+    batch_size: int = 100
+    lr: float = 2e-3
+    hidden: tuple[int, ...] = (256, 128)
+    rloo_samples: int = 4
+    elbo_samples: int = 20
+    iwae_samples: int = 1000
+    test_subset: int | None = None  # first N test images for the IWAE bound (None: all)
+    checkpoint_every: int = 250
+    estimators: list[str] = field(default_factory=list)
+
+
+def defaults(dataset: str, quick: bool) -> Settings:
+    """Full or quick settings per dataset (see the README for the budget reasoning)."""
+    if dataset == "digits":
+        s = Settings()
+        if quick:
+            s = replace(s, steps=150, seeds=1, iwae_samples=200, elbo_samples=10)
+    elif dataset == "fashion":
+        s = Settings(dataset="fashion", config="48x2", steps=1000, seeds=1, batch_size=200,
+                     lr=5e-4, hidden=(512, 256), test_subset=500)
+        if quick:
+            s = replace(s, steps=50, iwae_samples=100, test_subset=100, elbo_samples=5)
+    else:
+        raise ValueError(f"dataset must be 'digits' or 'fashion', got {dataset!r}")
+    return s
+
+
+def load_data(dataset: str, root: str | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Train images, test images (binary) and whether training binarizes dynamically.
+
+    Digits: thresholded at 0.5 (fixed). Fashion-MNIST: intensities for training (each
+    minibatch resampled as Bernoulli(intensity)); the test set is binarized once with a
+    fixed generator (seed 0).
+    """
+    if dataset == "digits":
+        return load_digits("train", binarize=True)[0], load_digits("test", binarize=True)[0], False
+    train = load_idx_dataset("train", root)[0]
+    test = load_idx_dataset("test", root)[0]
+    test = torch.bernoulli(test, generator=torch.Generator().manual_seed(0))
+    return train, test, True
+
+
+def train_config(s: Settings, estimator: str, dynamic: bool) -> TrainConfig:
+    return TrainConfig(estimator=estimator, knobs=default_knobs(estimator),
+                       n_samples=s.rloo_samples if estimator == "rloo" else 1, lr=s.lr,
+                       batch_size=s.batch_size, dynamic_binarization=dynamic)
+
+
+def run_tag(s: Settings, tc: TrainConfig, seed: int) -> str:
+    """A short hash of everything that determines a run (so changed settings never resume
+    from a stale checkpoint)."""
+    key = json.dumps({"s": {k: v for k, v in asdict(s).items()
+                            if k not in ("seeds", "estimators", "checkpoint_every")},
+                      "tc": asdict(tc), "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha1(key.encode()).hexdigest()[:10]
+
+
+def smooth_curve(history: list[float], window: int = 50, every: int = 10) -> list[list[float]]:
+    """Moving average of the per-step loss, subsampled: ``[[step, value], ...]``."""
+    h = torch.tensor(history, dtype=torch.float64)
+    if len(h) == 0:
+        return []
+    c = torch.cat([torch.zeros(1, dtype=torch.float64), h.cumsum(0)])
+    out = []
+    for t in range(every, len(h) + 1, every):
+        lo = max(0, t - window)
+        out.append([t, float((c[t] - c[lo]) / (t - lo))])
+    return out
+
+
+def run_one(s: Settings, estimator: str, seed: int, train: torch.Tensor, test: torch.Tensor,
+            dynamic: bool, ckpt_dir: Path, bar: Any = None) -> dict[str, Any]:
+    """Train (or resume / reuse) one VAE and evaluate it; returns its result row."""
+    l, k = CONFIGS[s.config]
+    tc = train_config(s, estimator, dynamic)
+    path = ckpt_dir / f"{estimator}_seed{seed}_{run_tag(s, tc, seed)}.pt"
+    saved = load_checkpoint(path)
+    if saved is not None and "result" in saved["extra"]:
+        return saved["extra"]["result"]
+    vae = VAEConfig(n_pixels=train.shape[1], n_latent=l, n_classes=k, hidden=tuple(s.hidden))
+    state = init_train(vae, tc, seed)
+    prior_seconds = saved["extra"].get("train_seconds", 0.0) if saved else 0.0
+    start_step = saved["step"] if saved else 0
+    with Timer() as t_train:
+        fit(state, train, tc, s.steps, checkpoint=path, every=s.checkpoint_every,
+            progress_bar=bar)
+    model = state.model.eval()
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    iw_test = test if s.test_subset is None else test[: s.test_subset]
+    with Timer() as t_eval:
+        test_nelbo = float(neg_elbo(model, test, s.elbo_samples, gen).mean())
+        test_iwae = float(-iwae_bound(model, iw_test, s.iwae_samples, gen).mean())
+    n_tail = min(100, len(state.history))
+    steps_run = s.steps - start_step
+    result = {
+        "estimator": estimator, "seed": seed, "n_samples": tc.n_samples,
+        "knobs": ({"baseline": f"EMA({tc.baseline_decay:g}) of batch loss"}
+                  if estimator == "reinforce" else tc.knobs),
+        "train_neg_elbo": sum(state.history[-n_tail:]) / n_tail,
+        "test_neg_elbo": test_nelbo, "test_neg_iwae": test_iwae,
+        "train_seconds": prior_seconds + t_train.seconds,
+        "ms_per_step": 1e3 * t_train.seconds / steps_run if steps_run else float("nan"),
+        "eval_seconds": t_eval.seconds, "curve": smooth_curve(state.history),
+    }
+    save_state(path, state, result=result, train_seconds=result["train_seconds"])
+    return result
+
+
+def _pm(vals: list[float]) -> str:
+    m = statistics.fmean(vals)
+    if len(vals) < 2:
+        return f"{m:.2f}"
+    return f"{m:.2f} ± {statistics.stdev(vals):.2f}"
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per estimator: mean ± std over seeds, sorted by the IWAE bound."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by.setdefault(r["estimator"], []).append(r)
+    rows = []
+    for name, rs in by.items():
+        knobs = ", ".join(f"{k}={v}" for k, v in rs[0]["knobs"].items()) or "-"
+        rows.append({
+            "estimator": name, "knobs": knobs, "S": rs[0]["n_samples"], "seeds": len(rs),
+            "train −ELBO": _pm([r["train_neg_elbo"] for r in rs]),
+            "test −ELBO (exact z)": _pm([r["test_neg_elbo"] for r in rs]),
+            "test −IWAE": _pm([r["test_neg_iwae"] for r in rs]),
+            "ms/step": round(statistics.fmean(r["ms_per_step"] for r in rs), 1),
+            "_key": statistics.fmean(r["test_neg_iwae"] for r in rs),
+        })
+    rows.sort(key=lambda r: r.pop("_key"))
+    return rows
+
+
+def plot_curves(results: list[dict[str, Any]], title: str, path: Path) -> Path:
+    """Training −ELBO (moving average, mean over seeds) against steps, one line each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by: dict[str, list[list[list[float]]]] = {}
+    for r in results:
+        by.setdefault(r["estimator"], []).append(r["curve"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, curves in sorted(by.items()):
+        n = min(len(c) for c in curves)
+        if n == 0:
+            continue
+        steps = [c[0] for c in curves[0][:n]]
+        mean = [statistics.fmean(c[i][1] for c in curves) for i in range(n)]
+        ax.plot(steps, mean, label=name, lw=1.2,
+                ls="--" if name in ("reinforce", "rloo") else "-")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training −ELBO per datapoint (nats, moving avg 50)")
+    ax.set_title(title, fontsize=9)
+    lo = min(statistics.fmean(c[-1][1] for c in cs) for cs in by.values() if cs[0])
+    ax.set_ylim(lo - 2, None)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=["digits", "fashion"], default="digits")
+    p.add_argument("--config", nargs="+", choices=list(CONFIGS), default=None,
+                   help="latent configs (default: both for digits, 48x2 for fashion; "
+                        "quick: 20x10)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (seed, seed+1, ..)")
+    p.add_argument("--estimators", nargs="+", default=None,
+                   help="subset of: " + " ".join(bench_methods()))
+    p.add_argument("--iwae-samples", type=int, default=None)
+    p.add_argument("--test-subset", type=int, default=None,
+                   help="first N test images for the IWAE bound")
+    p.add_argument("--data-root", default=None, help="folder with Fashion-MNIST IDX files")
+    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints/vae"))
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads or 1)
+    s = defaults(args.dataset, args.quick)
+    over = {"steps": args.steps, "seeds": args.seeds, "iwae_samples": args.iwae_samples,
+            "test_subset": args.test_subset}
+    s = replace(s, **{k: v for k, v in over.items() if v is not None})
+    names = args.estimators or bench_methods()
+    unknown = set(names) - set(bench_methods())
+    if unknown:
+        raise ValueError(f"--estimators: unknown {sorted(unknown)}; choose from "
+                         f"{bench_methods()}")
+    configs = args.config or (["20x10"] if args.quick else
+                              ["20x10", "48x2"] if args.dataset == "digits" else ["48x2"])
+    train, test, dynamic = load_data(args.dataset, args.data_root)
+    suffix = "_quick" if args.quick else ""
+    out: dict[str, Any] = {}
+    for config in configs:
+        cs = replace(s, config=config, estimators=list(names))
+        cell = f"{args.dataset}_{config}{suffix}"
+        ckpt_dir = args.checkpoints / cell
+        seeds = [args.seed + i for i in range(cs.seeds)]
+        results = []
+        bar = progress(total=cs.steps, desc=cell)
+        for name in names:
+            for seed in seeds:
+                bar.set_postfix_str(f"{name} seed {seed}")
+                results.append(run_one(cs, name, seed, train, test, dynamic, ckpt_dir, bar))
+        bar.close()
+        rows = summarize(results)
+        l, k = CONFIGS[config]
+        sub = "all" if cs.test_subset is None else f"first {cs.test_subset}"
+        header = (
+            f"Categorical VAE, {args.dataset} ({train.shape[0]} train / {test.shape[0]} test, "
+            f"{'dynamic' if dynamic else 'fixed'} binarization), {l} latents x {k} classes, "
+            f"MLP {train.shape[1]}-{'-'.join(map(str, cs.hidden))}-({l}x{k}), LeakyReLU; "
+            f"Adam lr {cs.lr:g}, batch {cs.batch_size}, {cs.steps} steps, seeds {seeds}. "
+            f"train −ELBO: mean of the last 100 steps' training loss (relaxed for "
+            f"gumbel_soft); test −ELBO: {cs.elbo_samples} exact one-hot z per image, all test "
+            f"images; test −IWAE: {cs.iwae_samples}-sample bound on {sub} test images. Nats "
+            f"per image, mean ± std over seeds. S = samples of z per image and step."
+        )
+        table = markdown_table(rows)
+        print(f"\n{header}\n\n{table}\n")
+        res_dir = args.out / "vae"
+        plot_curves(results, f"{args.dataset} {l}x{k}: {cs.steps} steps, "
+                    f"{len(seeds)} seed(s)", res_dir / f"{cell}.png")
+        (res_dir / f"{cell}.md").write_text(f"{header}\n\n{table}\n")
+        out[config] = {"settings": cs, "header": header, "rows": rows, "runs": results}
+        write_json(res_dir / f"{cell}.json", out[config])
+    return out
