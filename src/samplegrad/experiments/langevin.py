@@ -1,0 +1,261 @@
+"""`samplegrad bench langevin`: Implicit Diffusion's Langevin experiment (METHODS.md §2).
+
+Six unit Gaussians on a hexagon of radius 4 with mixture logits theta, theta_init =
+[1.5, 0, 1.5, 0, 1.5, 0], the hard-indicator reward R, ULA with gamma = 0.2 on 1000
+particles from N(0, I), SGD on theta with step 0.1. Runs, in one process and from the same
+initial particles:
+
+* implicit (single loop), reward only, and reward + lam KL(pi_{theta_init} || pi_theta) with
+  a reference population sampled under theta_init;
+* unrolled: backprop through T = 100 ULA steps from fresh N(0, I) particles each theta step;
+* nested: T = 100 ULA steps (warm-started) with theta fixed, then a covariance step.
+
+Scores: the particle mean reward (what the paper plots) and the exact E_{pi_theta}[R] (closed
+form, no sampling noise), KL by quadrature, softmax(theta), wall-clock time (inside the
+steps only) and the bytes autograd saves for one theta step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from samplegrad.experiments._common import markdown_table, saved_tensor_bytes, write_json
+from samplegrad.implicit.langevin import LangevinConfig, fit, init, step
+from samplegrad.implicit.langevin_baselines import BaselineConfig, nested_step, unrolled_step
+from samplegrad.tasks.mixtures import (
+    HEXAGON_THETA_INIT,
+    REWARD_CENTER,
+    component_rewards,
+    hexagon_centers,
+    hexagon_reward,
+    mixture_kl,
+    mixture_log_density,
+    mixture_potential,
+    mixture_reward,
+)
+
+
+@dataclass(frozen=True)
+class LangevinBenchConfig:
+    implicit_steps: int = 5000     # theta steps of the single loop (the paper's 5000)
+    baseline_steps: int = 400      # theta steps of the unrolled and nested baselines
+    n_inner: int = 100             # T: Langevin steps per theta step of the baselines
+    n_particles: int = 1000
+    step_size: float = 0.2
+    lr: float = 0.1
+    kl_weight: float = 0.3         # lam of the reward + KL run
+    ref_burn_in: int = 300         # ULA steps on the reference particles before the start
+    sustain: int = 100             # "reached" = exact reward stays >= target this many steps
+    seed: int = 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--implicit-steps", type=int, default=None)
+    p.add_argument("--baseline-steps", type=int, default=None)
+    p.add_argument("--n-inner", type=int, default=None, help="T of unrolled / nested (100)")
+    p.add_argument("--kl-weight", type=float, default=None)
+
+
+def _config(args: argparse.Namespace) -> LangevinBenchConfig:
+    base = (LangevinBenchConfig(implicit_steps=1000, baseline_steps=20, sustain=20)
+            if args.quick else LangevinBenchConfig())
+    kw = {"seed": args.seed}
+    for name in ("implicit_steps", "baseline_steps", "n_inner", "kl_weight"):
+        v = getattr(args, name, None)
+        if v is not None:
+            kw[name] = v
+    return LangevinBenchConfig(**{**asdict(base), **kw})
+
+
+def _one_step_saved_bytes(step_fn, cfg, theta0: torch.Tensor, seed: int, **init_kw) -> int:
+    state = init(mixture_potential, theta0, cfg, dim=2, seed=seed, **init_kw)
+    with saved_tensor_bytes() as m:
+        step_fn(state, mixture_potential, hexagon_reward, cfg)
+    return m["bytes"]
+
+
+def _time_to_reach(exact: torch.Tensor, times: list[float], target: float, sustain: int) -> float:
+    """First time after which the exact reward stays >= target for ``sustain`` logged steps."""
+    ok = (exact >= target).tolist()
+    n = len(ok)
+    for i in range(n):
+        if all(ok[i:min(n, i + sustain)]):
+            return times[i]
+    return math.nan
+
+
+def _run(name: str, step_fn, cfg: LangevinConfig, n_steps: int, theta0: torch.Tensor,
+         bench: LangevinBenchConfig, **init_kw) -> dict:
+    state, hist = fit(mixture_potential, hexagon_reward, theta0, cfg, n_steps, step_fn=step_fn,
+                      dim=2, seed=bench.seed, desc=f"langevin: {name}", **init_kw)
+    thetas = torch.tensor(hist["theta"], dtype=torch.float64)
+    exact = mixture_reward(thetas)
+    every = max(1, len(thetas) // 100)
+    kl_idx = list(range(every - 1, len(thetas), every))
+    if kl_idx[-1] != len(thetas) - 1:
+        kl_idx.append(len(thetas) - 1)
+    th0 = theta0.to(torch.float64)
+    kl_exact = [mixture_kl(th0, thetas[i]) for i in kl_idx]
+    return {"name": name, "state": state, "hist": hist, "exact": exact,
+            "kl_steps": [hist["step"][i] for i in kl_idx], "kl_exact": kl_exact,
+            "config": asdict(cfg)}
+
+
+def _plot(runs: list[dict], theta0: torch.Tensor, x0: torch.Tensor, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centers = hexagon_centers(dtype=torch.float64)
+    u = torch.linspace(-8, 8, 161, dtype=torch.float64)
+    gx, gy = torch.meshgrid(u, u, indexing="xy")
+    xy = torch.stack([gx.reshape(-1), gy.reshape(-1)], -1)
+
+    def panel(ax, theta, x, title):
+        dens = mixture_log_density(xy, theta.to(torch.float64), centers).exp().reshape(gx.shape)
+        ax.contourf(gx, gy, dens, levels=14, cmap="Blues")
+        ax.scatter(x[:, 0], x[:, 1], s=1.5, c="tab:red", alpha=0.5, linewidths=0)
+        ax.plot(*REWARD_CENTER, marker="*", color="gold", markersize=12, markeredgecolor="k")
+        ax.axvline(0, color="k", lw=0.5, ls="--")
+        ax.set_xlim(-8, 8), ax.set_ylim(-8, 8), ax.set_aspect("equal")
+        ax.set_title(title, fontsize=9)
+
+    paths = []
+    implicit = [r for r in runs if r["name"].startswith("implicit")]
+    fig, axes = plt.subplots(1, 1 + len(implicit), figsize=(3.6 * (1 + len(implicit)), 3.8))
+    panel(axes[0], theta0, x0, "start: pi_theta_init, particles x0 ~ N(0, I)")
+    for ax, r in zip(axes[1:], implicit):
+        th = r["state"].theta.detach()
+        w = ", ".join(f"{v:.2f}" for v in torch.softmax(th, -1).tolist())
+        panel(ax, th, r["state"].x, f"{r['name']} after {r['hist']['step'][-1]} steps\n"
+                                    f"softmax(theta) = [{w}]")
+    fig.suptitle("pi_theta (contours) and particles (red); star: reward centre; "
+                 "reward is 0 left of the dashed line", fontsize=9)
+    fig.tight_layout()
+    paths.append(out / "contours.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for r in runs:
+        h = r["hist"]
+        a1.plot(h["step"], r["exact"].tolist(), label=r["name"], lw=1)
+        a2.plot(h["time"], r["exact"].tolist(), label=r["name"], lw=1)
+    best = float(component_rewards().max())
+    for a in (a1, a2):
+        a.axhline(best, color="gray", ls=":", lw=1, label="max over theta")
+        a.set_ylabel("exact E_pi_theta[R]")
+        a.grid(alpha=0.3)
+    a1.set_xlabel("theta steps"), a1.set_xscale("log")
+    a2.set_xlabel("wall-clock seconds (inside the steps)"), a2.set_xscale("log")
+    a1.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "reward_curves.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def _summary(r: dict, inner: int, saved: int) -> dict:
+    h = r["hist"]
+    n = h["step"][-1]
+    return {
+        "method": r["name"], "lambda": r["config"]["kl_weight"], "theta steps": n,
+        "Langevin steps / theta step": inner, "time (s)": h["time"][-1],
+        "ms / theta step": 1e3 * h["time"][-1] / n,
+        "particle reward": sum(h["reward"][-10:]) / len(h["reward"][-10:]),
+        "exact E[R]": float(r["exact"][-1]), "KL(ref||pi)": r["kl_exact"][-1],
+        "softmax(theta)": "[" + ", ".join(
+            f"{v:.3f}" for v in torch.softmax(r["state"].theta.detach(), -1).tolist()) + "]",
+        "autograd KiB / theta step": saved / 1024,
+    }
+
+
+def _subsample(r: dict, max_points: int = 500) -> dict:
+    h = r["hist"]
+    idx = sorted(set(torch.linspace(0, len(h["step"]) - 1, min(max_points, len(h["step"])))
+                     .round().long().tolist()))
+    return {
+        "step": [h["step"][i] for i in idx], "time": [h["time"][i] for i in idx],
+        "particle_reward": [h["reward"][i] for i in idx],
+        "exact_reward": [float(r["exact"][i]) for i in idx],
+        "kl_estimate": [h["kl"][i] for i in idx],
+        "theta": [h["theta"][i] for i in idx],
+        "kl_exact": {"step": r["kl_steps"], "value": r["kl_exact"]},
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads or 1)
+    bench = _config(args)
+    out = Path(args.out) / "langevin"
+    out.mkdir(parents=True, exist_ok=True)
+    theta0 = torch.tensor(HEXAGON_THETA_INIT)
+    common = {"step_size": bench.step_size, "lr": bench.lr, "n_particles": bench.n_particles}
+    implicit_cfg = LangevinConfig(**common)
+    kl_cfg = LangevinConfig(**common, kl_weight=bench.kl_weight, ref_burn_in=bench.ref_burn_in)
+    unrolled_cfg = BaselineConfig(**common, n_inner=bench.n_inner, warm_start=False)
+    nested_cfg = BaselineConfig(**common, n_inner=bench.n_inner, warm_start=True)
+    plan = [
+        ("implicit", step, implicit_cfg, bench.implicit_steps, {}, 1),
+        (f"implicit + KL (lam={bench.kl_weight:g})", step, kl_cfg, bench.implicit_steps,
+         {"theta_ref": theta0}, 1),
+        (f"unrolled T={bench.n_inner}", unrolled_step, unrolled_cfg, bench.baseline_steps, {},
+         bench.n_inner),
+        (f"nested K={bench.n_inner}", nested_step, nested_cfg, bench.baseline_steps, {},
+         bench.n_inner),
+    ]
+    print(f"Langevin experiment settings: {bench}")
+    runs, rows, payload = [], [], {"settings": asdict(bench), "runs": {}}
+    for name, fn, cfg, n, kw, inner in plan:
+        r = _run(name, fn, cfg, n, theta0, bench, **kw)
+        saved = _one_step_saved_bytes(fn, cfg, theta0, bench.seed, **kw)
+        runs.append(r)
+        rows.append(_summary(r, inner, saved))
+        payload["runs"][name] = {"config": r["config"], "summary": rows[-1],
+                                 "history": _subsample(r)}
+        payload["table"] = rows
+        write_json(out / "langevin.json", payload)  # partial results survive an interrupt
+
+    # speed: time for the single loop to reach each baseline's final exact reward
+    imp = runs[0]
+    for r, row in zip(runs, rows):
+        if r is imp or "KL" in r["name"]:
+            continue
+        target = float(r["exact"][-1])
+        t_imp = _time_to_reach(imp["exact"], imp["hist"]["time"], target, bench.sustain)
+        row["implicit time to reach (s)"] = t_imp
+        row["speed-up of implicit"] = r["hist"]["time"][-1] / t_imp if t_imp > 0 else math.nan
+    payload["table"] = rows
+    payload["start"] = {"exact E[R]": float(mixture_reward(theta0)),
+                        "max exact E[R]": float(component_rewards().max()),
+                        "component rewards": component_rewards().tolist()}
+    x0 = init(mixture_potential, theta0, implicit_cfg, dim=2, seed=bench.seed).x
+    payload["plots"] = [str(p) for p in _plot(runs, theta0, x0, out)]
+    write_json(out / "langevin.json", payload)
+
+    cols = ["method", "theta steps", "Langevin steps / theta step", "time (s)",
+            "ms / theta step", "particle reward", "exact E[R]", "KL(ref||pi)",
+            "autograd KiB / theta step"]
+    print(f"\nstart: exact E[R] = {payload['start']['exact E[R]']:.4f}, best possible "
+          f"{payload['start']['max exact E[R]']:.4f}\n")
+    print(markdown_table(rows, cols))
+    print()
+    print(markdown_table([{"method": r["method"], "softmax(theta)": r["softmax(theta)"]}
+                          for r in rows]))
+    speed = [{"baseline": r["method"], "its final exact E[R]": r["exact E[R]"],
+              "its time (s)": r["time (s)"],
+              "implicit time to reach (s)": r["implicit time to reach (s)"],
+              "speed-up of implicit": r["speed-up of implicit"]}
+             for r in rows if "implicit time to reach (s)" in r]
+    print()
+    print(markdown_table(speed))
+    payload["speed"] = speed
+    write_json(out / "langevin.json", payload)
+    return payload
