@@ -1,0 +1,160 @@
+"""Sparse tensor-Hermite bases: eigenfunctions of the OU backward Kolmogorov operator.
+
+``phi_alpha(x) = prod_i h_{alpha_i}(x_i)`` with ``L phi_alpha = -|alpha| phi_alpha`` for
+``L f = -x . grad f + Laplacian f``. A multi-index set keeps every ``alpha != 0`` of total
+degree ``<= degree`` with at most ``max_active`` nonzero entries; it is stored compactly as
+``coords (K, m)`` and ``degs (K, m)`` (slot ``r`` of function ``k`` is ``h_{degs[k, r]}`` of
+coordinate ``coords[k, r]``; unused slots have degree 0), so evaluation costs ``O(N K m)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from samplegrad.spectral.hermite import derivative_table, hermite_table
+
+
+def _compositions(total_max: int, parts: int) -> list[tuple[int, ...]]:
+    """Tuples of ``parts`` positive integers with sum ``<= total_max``."""
+    return [c for c in itertools.product(range(1, total_max + 1), repeat=parts)
+            if sum(c) <= total_max]
+
+
+def basis_size(dim: int, degree: int, max_active: int) -> int:
+    """``K = sum_s C(dim, s) C(degree, s)`` over ``s = 1..max_active`` (constant excluded)."""
+    return sum(math.comb(dim, s) * math.comb(degree, s)
+               for s in range(1, min(max_active, dim, degree) + 1))
+
+
+@dataclass(frozen=True)
+class HermiteBasis:
+    """A sparse tensor-Hermite basis on ``R^dim`` (the constant function excluded).
+
+    Build with :meth:`HermiteBasis.sparse`. ``coords``/``degs`` are ``(K, m)`` int64.
+    """
+
+    dim: int
+    degree: int
+    max_active: int
+    coords: Tensor
+    degs: Tensor
+
+    @classmethod
+    def sparse(cls, dim: int, degree: int, max_active: int = 2) -> HermiteBasis:
+        """Every multi-index of total degree ``1..degree`` with ``<= max_active`` active coords."""
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if degree < 1:
+            raise ValueError(f"degree must be >= 1, got {degree}")
+        if max_active < 1:
+            raise ValueError(f"max_active must be >= 1, got {max_active}")
+        m = min(max_active, dim, degree)
+        coords, degs = [], []
+        for s in range(1, m + 1):
+            comps = _compositions(degree, s)
+            for support in itertools.combinations(range(dim), s):
+                pad = (0,) * (m - s)
+                for comp in comps:
+                    coords.append(support + pad)
+                    degs.append(comp + pad)
+        return cls(dim, degree, m, torch.tensor(coords, dtype=torch.int64),
+                   torch.tensor(degs, dtype=torch.int64))
+
+    @property
+    def size(self) -> int:
+        return self.coords.shape[0]
+
+    @property
+    def eigenvalues(self) -> Tensor:
+        """``lambda_k = |alpha_k|`` (float64, ``(K,)``)."""
+        return self.degs.sum(1).to(torch.float64)
+
+    def dense(self) -> Tensor:
+        """Multi-indices as a dense ``(K, dim)`` int64 tensor."""
+        out = torch.zeros(self.size, self.dim, dtype=torch.int64)
+        return out.scatter_add_(1, self.coords, self.degs)
+
+    def describe(self) -> dict:
+        """Size and cost figures (per evaluation point) for reports."""
+        K, m = self.size, self.max_active
+        return {"dim": self.dim, "degree": self.degree, "max_active": m, "size": K,
+                "full_total_degree_size": math.comb(self.dim + self.degree, self.degree) - 1,
+                "eval_flops_per_point": K * m + self.dim * (self.degree + 1)}
+
+    # ---- evaluation -------------------------------------------------------------------
+    def _slots(self, x: Tensor, order: int) -> tuple[Tensor, ...]:
+        """Slot values (and derivatives up to ``order``), each ``(m, K, N)`` (feature-first)."""
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (N, {self.dim}), got {tuple(x.shape)}")
+        N, D1 = x.shape[0], self.degree + 1
+        table = hermite_table(x.T, self.degree)  # (d, N, D+1)
+        flat = (self.coords * D1 + self.degs).T.reshape(-1)  # (m K,)
+        out = []
+        for k in range(order + 1):
+            tab = table if k == 0 else derivative_table(table, k)
+            rows = tab.permute(0, 2, 1).reshape(-1, N)  # (d (D+1), N)
+            out.append(rows.index_select(0, flat).view(self.max_active, self.size, N))
+        return tuple(out)
+
+    @staticmethod
+    def _prod_except(vals: Tensor, r: int) -> Tensor:
+        m = vals.shape[0]
+        if m == 1:
+            return torch.ones_like(vals[0])
+        return torch.cat([vals[:r], vals[r + 1:]], 0).prod(0)
+
+    def values(self, x: Tensor) -> Tensor:
+        """``phi_k(x)``: ``(N, dim)`` -> ``(N, K)``."""
+        (v,) = self._slots(x, 0)
+        return v.prod(0).T
+
+    def _slot_gradients(self, x: Tensor) -> Tensor:
+        v, dv = self._slots(x, 1)
+        return torch.stack([dv[r] * self._prod_except(v, r) for r in range(self.max_active)])
+
+    def slot_gradients(self, x: Tensor) -> Tensor:
+        """``d phi_k / d x_{coords[k, r]}``: ``(N, dim)`` -> ``(N, K, m)``."""
+        return self._slot_gradients(x).permute(2, 1, 0)
+
+    def gradients(self, x: Tensor) -> Tensor:
+        """``grad phi_k(x)`` as a dense ``(N, K, dim)`` tensor (memory ``N K dim``)."""
+        g = self.slot_gradients(x)
+        out = torch.zeros(*g.shape[:2], self.dim, dtype=x.dtype)
+        idx = self.coords.unsqueeze(0).expand(g.shape[0], -1, -1)
+        return out.scatter_add_(2, idx, g)
+
+    def laplacians(self, x: Tensor) -> Tensor:
+        """``Laplacian phi_k(x)``: ``(N, dim)`` -> ``(N, K)``."""
+        v, _, d2v = self._slots(x, 2)
+        return sum(d2v[r] * self._prod_except(v, r) for r in range(self.max_active)).T
+
+    def grad_combination(self, x: Tensor, coef: Tensor) -> Tensor:
+        """``sum_k coef_k grad phi_k(x)``: ``x (N, dim)``, ``coef (K,)`` -> ``(N, dim)``.
+
+        For ``max_active <= 2`` each ``phi_k = H_u H_v`` is a product of two 1-D table entries
+        ``u = (coord, degree)``, so with ``C[u, v] = sum coef_k`` the result is
+        ``sum_p h'_p(x_l) (H (C + C^T))[(l, p)]``: one ``(N, d(D+1))^2`` matmul.
+        """
+        coef = coef.to(x.dtype)
+        if self.max_active > 2:
+            g = self._slot_gradients(x) * coef.view(1, -1, 1)  # (m, K, N)
+            out = torch.zeros(self.dim, x.shape[0], dtype=x.dtype)
+            for r in range(self.max_active):
+                out.index_add_(0, self.coords[:, r], g[r])
+            return out.T
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x must have shape (N, {self.dim}), got {tuple(x.shape)}")
+        N, d, D1 = x.shape[0], self.dim, self.degree + 1
+        u = self.coords[:, 0] * D1 + self.degs[:, 0]
+        v = (self.coords[:, 1] * D1 + self.degs[:, 1]) if self.max_active == 2 else \
+            torch.zeros_like(u)
+        C = torch.zeros(d * D1 * d * D1, dtype=x.dtype).index_add_(0, u * d * D1 + v, coef)
+        C = C.view(d * D1, d * D1)
+        tab = hermite_table(x, self.degree)  # (N, d, D+1)
+        y = tab.reshape(N, -1) @ (C + C.T)
+        return (derivative_table(tab, 1) * y.view(N, d, D1)).sum(-1)

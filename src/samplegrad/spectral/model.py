@@ -1,0 +1,157 @@
+"""``fit``: a spectral score model from data by one linear solve per time (no optimizer).
+
+Score model (OU forward process, beta = 1, in the latent space of an optional affine map):
+``s(y, t) = -y + sum_k a_k(t) grad phi_k(y)`` with ``A(t) a(t) = b(t)`` (:mod:`.system`), or
+the leading-order perturbative model ``a_k(t) = e^{-lambda_k t} c_k`` (``method="perturbative"``).
+``a(t)`` is solved on a log-spaced time grid at fit time; ``score(x, t)`` interpolates it
+linearly in ``log t`` (clamped to the grid), and :meth:`SpectralScoreModel.solve` gives the
+exact solution at any ``t`` (``A(t)`` is a cheap weighted sum of precomputed data moments).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+
+from samplegrad.spectral.affine import Affine
+from samplegrad.spectral.basis import HermiteBasis
+from samplegrad.spectral.system import GramTerms, gram_terms, rhs, solve_system
+
+
+@dataclass
+class SpectralConfig:
+    """Defaults for :func:`fit`."""
+
+    degree: int = 3
+    max_active: int = 2
+    n_times: int = 24
+    t_min: float = 1e-3
+    t_max: float = 10.0
+    ridge: float = 1e-8          # relative to mean(diag A(t))
+    cond_warn: float = 1e10      # warn when cond(A(t_min) + ridge) exceeds this
+    method: str = "linear"       # "linear" (full A(t)) | "perturbative" (A = diag(lambda))
+    whiten: str = "none"         # "none" | "standardize" | "zca": affine map before the basis
+
+
+def time_grid(t_min: float, t_max: float, n: int) -> Tensor:
+    """``n`` log-spaced times from ``t_min`` to ``t_max`` (float64, increasing)."""
+    if not 0 < t_min < t_max:
+        raise ValueError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}")
+    if n < 2:
+        raise ValueError(f"n_times must be >= 2, got {n}")
+    return torch.logspace(math.log10(t_min), math.log10(t_max), n, dtype=torch.float64)
+
+
+@dataclass
+class SpectralScoreModel:
+    """Fitted coefficients ``coefs (T, K)`` on ``times (T,)``; see the module docstring."""
+
+    basis: HermiteBasis
+    affine: Affine
+    times: Tensor
+    coefs: Tensor
+    c: Tensor
+    terms: GramTerms | None
+    config: SpectralConfig
+    info: dict = field(default_factory=dict)
+
+    def solve(self, t: float) -> Tensor:
+        """Exact coefficients ``a(t)`` ``(K,)`` (float64) at any ``t > 0``."""
+        if self.terms is None:
+            return torch.exp(-float(t) * self.basis.eigenvalues) * self.c
+        a, _ = solve_system(self.terms.matrix(t), rhs(self.basis.eigenvalues, self.c, t),
+                            self.config.ridge)
+        return a
+
+    def coefficients(self, t: float) -> Tensor:
+        """``a(t)`` interpolated linearly in ``log t`` on the grid (clamped): ``(K,)``."""
+        lt = math.log(min(max(float(t), float(self.times[0])), float(self.times[-1])))
+        logs = self.times.log()
+        j = int(torch.searchsorted(logs, torch.tensor(lt, dtype=torch.float64)))
+        j = min(max(j, 1), len(logs) - 1)
+        w = (lt - float(logs[j - 1])) / float(logs[j] - logs[j - 1])
+        return (1 - w) * self.coefs[j - 1] + w * self.coefs[j]
+
+    def latent_score(self, y: Tensor, t: float) -> Tensor:
+        """Score of the latent OU marginal ``q_t``: ``(N, k)`` -> ``(N, k)``."""
+        return -y + self.basis.grad_combination(y, self.coefficients(t))
+
+    def score(self, x: Tensor, t: float) -> Tensor:
+        """Score in data space (see :mod:`.affine`): ``(N, d)`` -> ``(N, d)``."""
+        return self.affine.score_to_data(self.latent_score(self.affine.encode(x), t))
+
+
+def _check_data(data: Tensor) -> Tensor:
+    if not isinstance(data, Tensor):
+        data = torch.as_tensor(data)
+    if data.ndim != 2 or data.shape[0] < 2 or data.shape[1] < 1:
+        raise ValueError(f"data must have shape (N >= 2, d >= 1), got {tuple(data.shape)}")
+    if not torch.isfinite(data).all():
+        raise ValueError("data contains NaN or inf values")
+    return data
+
+
+def fit(data: Tensor, basis: HermiteBasis | None = None, times: Tensor | None = None,
+        config: SpectralConfig | None = None, **overrides) -> SpectralScoreModel:
+    """Fit the spectral score model to samples ``data (N, d)``: one linear solve per time.
+
+    ``basis`` defaults to ``HermiteBasis.sparse(d, config.degree, config.max_active)``,
+    ``times`` to :func:`time_grid` of the config. ``overrides`` update the config fields.
+    Raises ``ValueError`` on NaN/inf data, a basis of the wrong dimension, or fewer
+    samples than basis functions; warns when the system is ill-conditioned.
+    """
+    cfg = SpectralConfig(**{**asdict(config or SpectralConfig()), **overrides})
+    if cfg.degree < 1:
+        raise ValueError(f"degree must be >= 1, got {cfg.degree}")
+    if cfg.method not in ("linear", "perturbative"):
+        raise ValueError(f"method must be 'linear' or 'perturbative', got {cfg.method!r}")
+    if cfg.ridge < 0:
+        raise ValueError(f"ridge must be >= 0, got {cfg.ridge}")
+    data = _check_data(data)
+    t0 = time.perf_counter()
+    affine = Affine.fit(data, cfg.whiten)
+    y = affine.encode(data.to(torch.float64))
+    if basis is None:
+        basis = HermiteBasis.sparse(y.shape[1], cfg.degree, cfg.max_active)
+    if basis.dim != y.shape[1]:
+        raise ValueError(f"basis has dim {basis.dim} but data has {y.shape[1]} coordinates")
+    if y.shape[0] <= basis.size:
+        raise ValueError(f"data has {y.shape[0]} samples but the basis has {basis.size} "
+                         "functions: need more samples than basis functions (lower degree "
+                         "or max_active, or add data)")
+    times = time_grid(cfg.t_min, cfg.t_max, cfg.n_times) if times is None else \
+        torch.as_tensor(times, dtype=torch.float64)
+    if times.ndim != 1 or len(times) < 2 or not (times > 0).all() or not (times.diff() > 0).all():
+        raise ValueError("times must be a 1-D increasing tensor of positive times (>= 2)")
+    c = basis.values(y).mean(0)
+    t1 = time.perf_counter()
+    info: dict = {"basis": basis.describe(), "n_samples": int(y.shape[0])}
+    if cfg.method == "perturbative":
+        terms = None
+        coefs = torch.exp(-times.unsqueeze(1) * basis.eigenvalues) * c
+    else:
+        terms = gram_terms(basis, y)
+        t2 = time.perf_counter()
+        coefs, conds = [], []
+        for i, t in enumerate(times.tolist()):
+            a, cond = solve_system(terms.matrix(t), rhs(basis.eigenvalues, c, t), cfg.ridge,
+                                   check_cond=(i == 0))
+            coefs.append(a)
+            conds.append(cond)
+        coefs = torch.stack(coefs)
+        worst = max((x for x in conds if not math.isnan(x)), default=math.nan)
+        info.update(n_moments=terms.n_moments, n_terms=int(terms.value.numel()),
+                    cond_at_t_min=worst, moments_seconds=t2 - t1,
+                    solve_seconds=time.perf_counter() - t2)
+        if not worst < cfg.cond_warn:
+            warnings.warn(f"spectral fit: A(t) is ill-conditioned (condition number {worst:.3g} "
+                          f"at t={float(times[0]):.3g} with ridge={cfg.ridge}); raise `ridge`, "
+                          "lower `degree`/`max_active`, whiten the data or add samples",
+                          RuntimeWarning, stacklevel=2)
+    info["fit_seconds"] = time.perf_counter() - t0
+    return SpectralScoreModel(basis, affine, times, coefs, c, terms, cfg, info)

@@ -1,0 +1,192 @@
+"""The score model's linear system ``A(t) a = b(t)``, assembled from data averages only.
+
+``A_jk(t) = E_{p_t}[grad phi_j . grad phi_k]`` and ``b_j(t) = lambda_j e^{-lambda_j t} c_j`` with
+``c_j = E_{p_0}[phi_j]`` (METHODS.md §3). No forward-SDE sample is drawn: since
+``d_i phi_alpha = sqrt(alpha_i) phi_{alpha - e_i}``, every entry of ``A`` is a sum of
+``E_{p_t}[phi_u phi_v]``; the product ``phi_u phi_v`` expands exactly in tensor-Hermite
+functions ``phi_gamma`` (linearization coefficients, one 1-D factor per shared coordinate)
+and the expectation rule ``E_{p_t}[phi_gamma] = e^{-|gamma| t} E_{p_0}[phi_gamma]`` turns
+each into a data average. So ``A(t) = sum_g e^{-g t} A_g``: the data moments are computed
+once and ``A`` at any ``t`` is a cheap weighted sum (:class:`GramTerms`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from samplegrad.spectral.basis import HermiteBasis
+from samplegrad.spectral.hermite import hermite_table, linearization_table
+
+
+def hermite_moments(data: Tensor, coords: Tensor, degs: Tensor, chunk: int = 4_000_000) -> Tensor:
+    """``E_data[prod_r h_{degs[g, r]}(x_{coords[g, r]})]``: data ``(N, d)``, ``(G, S)`` -> ``(G,)``.
+
+    Computed in float64 from a ``(d * (deg + 1), N)`` table by row gathers, in chunks of
+    about ``chunk`` numbers.
+    """
+    x = data.to(torch.float64)
+    N = x.shape[0]
+    deg = int(degs.max()) if degs.numel() else 0
+    rows = hermite_table(x, deg).permute(1, 2, 0).reshape(-1, N)  # (d * (deg+1), N)
+    flat = coords * (deg + 1) + degs  # (G, S)
+    G, S = flat.shape
+    step = max(1, chunk // max(1, N * S))
+    out = torch.empty(G, dtype=torch.float64)
+    for s in range(0, G, step):
+        idx = flat[s:s + step]
+        vals = rows.index_select(0, idx.reshape(-1)).view(idx.shape[0], S, N)
+        out[s:s + step] = vals.prod(1).mean(1)
+    return out
+
+
+def ou_expectation(data: Tensor, multi_indices: Tensor, coef: Tensor, t: float) -> Tensor:
+    """``E_{p_t}[sum_g coef_g phi_g]`` by the expectation rule (no forward-SDE samples).
+
+    ``multi_indices (G, d)`` dense, ``coef (G,)``: ``sum_g coef_g e^{-|g| t} E_data[phi_g]``.
+    """
+    mi = multi_indices.to(torch.int64)
+    order = torch.argsort((mi > 0).to(torch.int8), dim=1, descending=True, stable=True)
+    mom = hermite_moments(data, order, mi.gather(1, order))
+    return (coef.to(torch.float64) * torch.exp(-t * mi.sum(1).to(torch.float64)) * mom).sum()
+
+
+@dataclass(frozen=True)
+class GramTerms:
+    """``A(t) = M(t) + M(t)^T`` with ``M(t)[row_n, col_n] += value_n e^{-power_n t}``."""
+
+    size: int
+    rows: Tensor
+    cols: Tensor
+    power: Tensor
+    value: Tensor
+    n_moments: int
+
+    def matrix(self, t: float) -> Tensor:
+        """``A(t)`` as a dense symmetric ``(K, K)`` float64 matrix."""
+        K = self.size
+        w = self.value * torch.exp(-float(t) * self.power.to(torch.float64))
+        M = torch.zeros(K * K, dtype=torch.float64).index_add_(0, self.rows * K + self.cols, w)
+        M = M.view(K, K)
+        return M + M.T
+
+
+def _derivative_entries(basis: HermiteBasis) -> tuple[Tensor, ...]:
+    """One entry per (function k, active slot r): ``d_{i} phi_k = w phi_u``, u = alpha_k - e_i."""
+    ks, iss, ws, ucs, uds = [], [], [], [], []
+    for r in range(basis.max_active):
+        k = torch.nonzero(basis.degs[:, r] > 0).squeeze(1)
+        ud = basis.degs[k].clone()
+        ud[:, r] -= 1
+        ks.append(k)
+        iss.append(basis.coords[k, r])
+        ws.append(basis.degs[k, r].to(torch.float64).sqrt())
+        ucs.append(basis.coords[k])
+        uds.append(ud)
+    return tuple(torch.cat(v) for v in (ks, iss, ws, ucs, uds))
+
+
+def _pairs(iss: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Unordered pairs ``e1 <= e2`` of entries on the same coordinate, with weight 1/2 on e1=e2."""
+    firsts, seconds = [], []
+    order = torch.argsort(iss, stable=True)
+    counts = torch.bincount(iss)
+    start = 0
+    for n in counts.tolist():
+        if n:
+            grp = order[start:start + n]
+            tri = torch.triu_indices(n, n)
+            firsts.append(grp[tri[0]])
+            seconds.append(grp[tri[1]])
+        start += n
+    e1, e2 = torch.cat(firsts), torch.cat(seconds)
+    half = torch.where(e1 == e2, 0.5, 1.0).to(torch.float64)
+    return e1, e2, half
+
+
+def _expand_branches(mn: Tensor) -> tuple[Tensor, Tensor]:
+    """For rows with per-slot maxima ``mn (P, m)``: all ``r`` with ``0 <= r <= mn`` slotwise.
+
+    Returns ``src (P',)`` (row of each expansion) and ``rr (P', m)``.
+    """
+    P, m = mn.shape
+    src = torch.arange(P)
+    rr = torch.zeros(P, 0, dtype=torch.int64)
+    for r in range(m):
+        counts = mn[src, r] + 1
+        new_src = torch.repeat_interleave(torch.arange(src.shape[0]), counts)
+        starts = torch.cumsum(counts, 0) - counts
+        branch = torch.arange(new_src.shape[0]) - starts[new_src]
+        rr = torch.cat([rr[new_src], branch.unsqueeze(1)], 1)
+        src = src[new_src]
+    return src, rr
+
+
+def gram_terms(basis: HermiteBasis, data: Tensor, chunk: int = 2_000_000) -> GramTerms:
+    """Expand ``A(t)`` for ``basis`` into data moments (see module docstring). Data ``(N, d)``."""
+    K, d, m = basis.size, basis.dim, basis.max_active
+    ks, iss, ws, ucs, uds = _derivative_entries(basis)
+    e1, e2, half = _pairs(iss)
+    cu, du, cv, dv = ucs[e1], uds[e1], ucs[e2], uds[e2]
+    weight = ws[e1] * ws[e2] * half
+    # matched degree of v on each of u's slots (0 where the coordinate is not shared)
+    match = (cu.unsqueeze(2) == cv.unsqueeze(1)) & (du.unsqueeze(2) > 0) & (dv.unsqueeze(1) > 0)
+    dvm = (match * dv.unsqueeze(1)).sum(-1)
+    src, rr = _expand_branches(torch.minimum(du, dvm))
+    # gamma in compact form: u's slots absorb the shared coordinates of v
+    a, b, r2 = du[src], dvm[src], rr
+    L = linearization_table(basis.degree)
+    coef = L[a, b, a + b - 2 * r2].prod(-1)
+    g_deg = torch.cat([a + b - 2 * r2, dv[src] * (~match.any(1))[src]], 1)  # (P', 2m)
+    g_crd = torch.cat([cu[src], cv[src]], 1)
+    base = 2 * basis.degree
+    code = torch.where(g_deg > 0, g_crd * base + g_deg, 0)
+    S = min(2 * m - 1, d)
+    code = code.sort(1, descending=True).values[:, :S]
+    radix = (d * base + 1) ** torch.arange(S, dtype=torch.int64)
+    ukeys, inv = torch.unique((code * radix).sum(1), return_inverse=True)
+    ucode = (ukeys.unsqueeze(1) // radix) % (d * base + 1)  # (G, S)
+    ucrd, udeg = torch.where(ucode > 0, (ucode - 1) // base, 0), torch.where(
+        ucode > 0, (ucode - 1) % base + 1, 0)
+    mom = hermite_moments(data, ucrd, udeg, chunk=chunk)
+    power = g_deg.sum(1)
+    value = weight[src] * coef * mom[inv]
+    rows, cols = ks[e1][src], ks[e2][src]
+    key = (rows * K + cols) * (2 * basis.degree + 1) + power
+    ukey, kinv = torch.unique(key, return_inverse=True)
+    val = torch.zeros(ukey.shape[0], dtype=torch.float64).index_add_(0, kinv, value)
+    pw = ukey % (2 * basis.degree + 1)
+    rc = ukey // (2 * basis.degree + 1)
+    return GramTerms(K, rc // K, rc % K, pw, val, int(ukeys.shape[0]))
+
+
+def rhs(eigenvalues: Tensor, c: Tensor, t: float) -> Tensor:
+    """``b_j(t) = lambda_j e^{-lambda_j t} c_j`` (float64)."""
+    lam = eigenvalues.to(torch.float64)
+    return lam * torch.exp(-float(t) * lam) * c.to(torch.float64)
+
+
+def solve_system(A: Tensor, b: Tensor, ridge: float, check_cond: bool = False,
+                 ) -> tuple[Tensor, float]:
+    """Solve ``(A + ridge * mean(diag A) I) a = b`` in float64 by Cholesky.
+
+    Returns ``(a, cond)``: ``cond`` is the regularized matrix's condition number when
+    ``check_cond`` (an eigendecomposition) or when Cholesky fails (then a least-squares
+    solve is used and ``cond`` is ``inf`` for an indefinite matrix), else ``nan``.
+    """
+    A = A.to(torch.float64)
+    K = A.shape[0]
+    Ar = A + (ridge * A.diagonal().mean().clamp_min(1e-300)) * torch.eye(K, dtype=A.dtype)
+    cond = math.nan
+    if check_cond:
+        ev = torch.linalg.eigvalsh(Ar)
+        cond = float(ev[-1] / ev[0]) if ev[0] > 0 else math.inf
+    L, info = torch.linalg.cholesky_ex(Ar)
+    if int(info) == 0:
+        return torch.cholesky_solve(b.to(torch.float64).unsqueeze(1), L).squeeze(1), cond
+    ev = torch.linalg.eigvalsh(Ar)
+    cond = float(ev[-1] / ev[0]) if ev[0] > 0 else math.inf
+    return torch.linalg.lstsq(Ar, b.to(torch.float64).unsqueeze(1)).solution.squeeze(1), cond
