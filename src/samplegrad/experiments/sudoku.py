@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,19 @@ KNOBS: dict[str, dict[str, Any]] = {
 }
 
 
+# the small knob sweep of `--sweep` (each estimator's METHODS.md reference setting included)
+SWEEP: dict[str, list[dict[str, Any]]] = {
+    "redge": [{"t1": 0.1}, {"t1": 0.5}, {"t1": 0.9}],
+    "redge_cov": [{"t1": 0.2}, {"t1": 0.5}, {"t1": 0.9}],
+    "redge_max": [{"t1": 0.5}, {"t1": 0.8}, {"t1": 0.95}],
+    "redge_exact": [{"t1": 0.3}, {"t1": 0.5}, {"t1": 0.9}],
+    PEER_REDGE: [{"t1": 0.1}, {"t1": 0.5}, {"t1": 0.9}],
+    "gumbel_soft": [{"tau": 0.1}, {"tau": 0.5}, {"tau": 1.0}],
+    "gumbel_hard": [{"tau": 0.1}, {"tau": 0.5}, {"tau": 1.0}],
+    "reinmax": [{"tau": 1.0}, {"tau": 2.0}],
+}
+
+
 @dataclass
 class SudokuConfig:
     """Settings of one benchmark run (printed and saved with the results)."""
@@ -83,33 +96,37 @@ class State:
     """Logits of every puzzle, their optimizer, and the REINFORCE baselines."""
 
     logits: torch.Tensor  # (P, 81, 9), free (clamping is applied in the loss)
+    allowed: torch.Tensor  # (P, 81, 9) bool, S.clue_mask(puzzles): False = clamped to -inf
     opt: torch.optim.Optimizer
     baseline: torch.Tensor  # (P,) EMA of past penalties (nan before the first step)
     step: int = 0
 
 
-def init(n_puzzles: int, lr: float) -> State:
-    """Uniform logits (no prior) and a fresh Adam."""
-    logits = torch.zeros(n_puzzles, 81, 9, requires_grad=True)
-    return State(logits, torch.optim.Adam([logits], lr=lr), torch.full((n_puzzles,), math.nan))
+def init(puzzles: torch.Tensor, lr: float) -> State:
+    """Uniform logits (no prior) for ``puzzles`` ``(P, 81)`` and a fresh Adam."""
+    allowed = S.clue_mask(puzzles)
+    logits = torch.zeros(allowed.shape, requires_grad=True)
+    return State(logits, allowed, torch.optim.Adam([logits], lr=lr),
+                 torch.full((len(puzzles),), math.nan))
 
 
 def _baseline(b: torch.Tensor) -> torch.Tensor | None:
     return None if bool(torch.isnan(b).any()) else b
 
 
-def step(state: State, puzzles: torch.Tensor, name: str, knobs: dict[str, Any],
-         n_samples: int, ema: float = 0.9, per_puzzle: bool = True) -> torch.Tensor:
+def step(state: State, name: str, knobs: dict[str, Any], n_samples: int, ema: float = 0.9,
+         per_puzzle: bool = True) -> torch.Tensor:
     """One Adam step on ``E[penalty]`` with estimator ``name``; returns the per-puzzle
     Monte Carlo penalties ``(P,)`` (for the joint score-function mode: the mean, repeated)."""
     state.opt.zero_grad(set_to_none=True)
-    clamped = S.clue_mask_logits(puzzles, state.logits)
+    clamped = state.logits.masked_fill(~state.allowed, -math.inf)
+    n_puzzles = len(clamped)
     score = is_score_function(name)
     uses_baseline = name == "reinforce"
     if score and per_puzzle:
         total = clamped.new_zeros(())
         values = []
-        for p in range(len(puzzles)):
+        for p in range(n_puzzles):
             kw = dict(knobs)
             if uses_baseline:
                 kw["baseline"] = _baseline(state.baseline[p])
@@ -122,7 +139,7 @@ def step(state: State, puzzles: torch.Tensor, name: str, knobs: dict[str, Any],
         if uses_baseline:
             kw["baseline"] = _baseline(state.baseline.sum())
         total = estimate(lambda x: S.penalty(x).sum(-1), clamped, name, n_samples, **kw)
-        vals = torch.full((len(puzzles),), float(total.detach()) / len(puzzles))
+        vals = torch.full((n_puzzles,), float(total.detach()) / n_puzzles)
     total.backward()
     state.opt.step()
     if uses_baseline:
@@ -163,7 +180,7 @@ def run_method(name: str, puzzles: torch.Tensor, groups: dict[str, torch.Tensor]
     seed_all(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     knobs = method_knobs(name, cfg.knobs)
-    state = init(len(puzzles), cfg.lr)
+    state = init(puzzles, cfg.lr)
     n_steps = max(cfg.budgets)
     curve: dict[str, list] = {"step": [], **{g: [] for g in groups}}
     at_budget: dict[str, Any] = {}
@@ -172,8 +189,7 @@ def run_method(name: str, puzzles: torch.Tensor, groups: dict[str, torch.Tensor]
     bar = progress(range(1, n_steps + 1), desc=f"sudoku {name}", total=n_steps)
     with Timer() as t:
         for s in bar:
-            vals = step(state, puzzles, name, knobs, cfg.n_samples, cfg.ema,
-                        cfg.score_per_puzzle)
+            vals = step(state, name, knobs, cfg.n_samples, cfg.ema, cfg.score_per_puzzle)
             losses.append(float(vals.mean()))
             if s % cfg.eval_every == 0 or s in cfg.budgets:
                 m = evaluate(state.logits, puzzles, cfg.eval_draws if s in cfg.budgets else 0,
@@ -263,6 +279,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score-function estimators see the summed penalty of all puzzles")
     p.add_argument("--resume", action="store_true",
                    help="reuse estimators already in results/sudoku/sudoku.json (same settings)")
+    p.add_argument("--sweep", action="store_true",
+                   help="knob sweep (SWEEP) on a disjoint puzzle set (seed + 1000), default 4 "
+                        "puzzles per difficulty, 1000 steps; writes sudoku/sweep.json")
+    p.add_argument("--tuned", action="store_true",
+                   help="use the best knobs of OUT/sudoku/sweep.json (from --sweep)")
 
 
 def config_from_args(args: argparse.Namespace) -> SudokuConfig:
@@ -285,9 +306,55 @@ def config_from_args(args: argparse.Namespace) -> SudokuConfig:
     return cfg
 
 
+def _score(r: dict[str, Any], budget: int) -> tuple[float, float]:
+    m = r["budgets"][str(budget)]
+    mean = lambda d: sum(d.values()) / len(d)  # noqa: E731
+    return mean(m["solved"]), -mean(m["violations"])
+
+
+def sweep(cfg: SudokuConfig, out_dir: Path) -> dict[str, Any]:
+    """Run every knob setting of :data:`SWEEP` on puzzles of seed ``cfg.seed + 1000`` (not
+    the benchmark's); best = most solved at the last budget, then fewest violations."""
+    cfg = SudokuConfig(**{**asdict(cfg), "seed": cfg.seed + 1000, "eval_draws": 0})
+    puzzles, groups = load_puzzles(cfg)
+    names = [n for n in (cfg.methods or bench_methods()) if n in SWEEP]
+    rows, best, runs = [], {}, {}
+    last = max(cfg.budgets)
+    for name in names:
+        scored = []
+        for knobs in SWEEP[name]:
+            r = run_method(name, puzzles, groups, replace(cfg, knobs={name: knobs}))
+            scored.append((_score(r, last), knobs))
+            runs.setdefault(name, []).append({"knobs": r["knobs"], "budgets": r["budgets"]})
+            row = {"estimator": name, "knobs": ", ".join(f"{k}={v}" for k, v in knobs.items())}
+            for d in cfg.difficulties:
+                row[f"solved {d}"] = r["budgets"][str(last)]["solved"][d]
+            for d in cfg.difficulties:
+                row[f"viol {d}"] = r["budgets"][str(last)]["violations"][d]
+            rows.append(row)
+        best[name] = max(scored, key=lambda sk: sk[0])[1]
+        write_json(out_dir / "sweep.json", {"settings": asdict(cfg), "rows": rows, "best": best,
+                                            "runs": runs})
+    print(f"Knob sweep: {len(puzzles)} puzzles (seed {cfg.seed}), {last} steps, "
+          f"lr {cfg.lr}, {cfg.n_samples} samples/step\n")
+    print(markdown_table(rows, digits=3))
+    print(f"\nbest: {best}")
+    return {"settings": asdict(cfg), "rows": rows, "best": best, "runs": runs}
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(getattr(args, "threads", None) or 1)
     cfg = config_from_args(args)
+    if getattr(args, "sweep", False):
+        cfg = replace(cfg, n_puzzles=getattr(args, "n_puzzles", None) or (1 if args.quick else 4),
+                      budgets=cfg.budgets if getattr(args, "budgets", None) else
+                      ((30,) if args.quick else (1000,)))
+        return sweep(cfg, Path(args.out) / "sudoku")
+    if getattr(args, "tuned", False):
+        import json
+
+        best = json.loads((Path(args.out) / "sudoku" / "sweep.json").read_text())["best"]
+        cfg = replace(cfg, knobs={**best, **cfg.knobs})
     names = list(cfg.methods) or bench_methods()
     out_dir = Path(args.out) / "sudoku"
     json_path = out_dir / "sudoku.json"
