@@ -73,3 +73,13 @@ def test_bad_settings_are_errors(tmp_path):
         main(["bench", "sudoku", "--out", str(tmp_path), "--n-samples", "1"])
     with pytest.raises(ValueError, match="budgets"):
         main(["bench", "sudoku", "--out", str(tmp_path), "--budgets", "0"])
+
+
+def test_sweep_picks_a_setting_from_the_grid(tmp_path):
+    cfg = B.SudokuConfig(n_puzzles=1, difficulties=("easy",), budgets=(2,), methods=("reinmax",))
+    out = B.sweep(cfg, tmp_path)
+    assert out["best"]["reinmax"] in B.SWEEP["reinmax"]
+    assert len(out["rows"]) == len(B.SWEEP["reinmax"])
+    assert out["settings"]["seed"] == 1000  # disjoint from the benchmark's puzzles
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["best"] == out["best"]
