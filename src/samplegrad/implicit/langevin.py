@@ -291,6 +291,18 @@ def evaluate_reward(reward: Reward, x: Tensor) -> Tensor:
     return r
 
 
+def covariance_update(state: LangevinState, x: Tensor, potential: Potential, reward: Reward,
+                      config: LangevinConfig) -> tuple[LangevinState, dict[str, float]]:
+    """One optimizer step on ``theta`` from the covariance (+ KL) gradient over the freshly
+    sampled particles ``x (N, d)``; the reference particles advance by one ULA step."""
+    x_ref = advance_reference(state, potential, config.step_size)
+    r = evaluate_reward(reward, x)
+    g = objective_gradient(potential, x, state.theta, r, config.kl_weight, x_ref)
+    apply_gradient(state, g)
+    new = dataclasses.replace(state, x=x, x_ref=x_ref, step=state.step + 1)
+    return new, {"reward": float(r.mean()), "grad_norm": float(g.norm())}
+
+
 def step(state: LangevinState, potential: Potential, reward: Reward,
          config: LangevinConfig = LangevinConfig()) -> tuple[LangevinState, dict[str, float]]:
     """One single-loop iteration: one ULA step with the current ``theta``, then one
@@ -300,12 +312,7 @@ def step(state: LangevinState, potential: Potential, reward: Reward,
     """
     x = langevin_step(potential, state.x, state.theta, config.step_size,
                       generator=state.generator)
-    x_ref = advance_reference(state, potential, config.step_size)
-    r = evaluate_reward(reward, x)
-    g = objective_gradient(potential, x, state.theta, r, config.kl_weight, x_ref)
-    apply_gradient(state, g)
-    new = dataclasses.replace(state, x=x, x_ref=x_ref, step=state.step + 1)
-    return new, {"reward": float(r.mean()), "grad_norm": float(g.norm())}
+    return covariance_update(state, x, potential, reward, config)
 
 
 StepFn = Callable[[LangevinState, Potential, Reward, Any],

@@ -29,10 +29,9 @@ from samplegrad.implicit.langevin import (
     advance_reference,
     apply_gradient,
     check_step_size,
-    evaluate_reward,
+    covariance_update,
     kl_gradient,
     langevin_sample,
-    objective_gradient,
     potential_and_grad_x,
 )
 
@@ -96,9 +95,4 @@ def nested_step(state: LangevinState, potential: Potential, reward: Reward,
     """``config.n_inner`` Langevin steps with ``theta`` fixed, then one covariance step."""
     x = langevin_sample(potential, _inner_start(state, config), state.theta,
                         config.step_size, config.n_inner, generator=state.generator)
-    x_ref = advance_reference(state, potential, config.step_size)
-    r = evaluate_reward(reward, x)
-    g = objective_gradient(potential, x, state.theta, r, config.kl_weight, x_ref)
-    apply_gradient(state, g)
-    new = dataclasses.replace(state, x=x, x_ref=x_ref, step=state.step + 1)
-    return new, {"reward": float(r.mean()), "grad_norm": float(g.norm())}
+    return covariance_update(state, x, potential, reward, config)
