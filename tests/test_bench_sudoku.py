@@ -32,6 +32,14 @@ def test_step_moves_blank_logits_only_and_keeps_clues(puzzles, name):
     assert set(m) == {"solved", "violations", "sample_solved"}
 
 
+def test_joint_score_function_step_sees_the_sum(puzzles):
+    puz, _ = puzzles
+    state = B.init(puz, lr=0.1)
+    vals = B.step(state, "reinforce", B.method_knobs("reinforce"), n_samples=2, per_puzzle=False)
+    assert torch.allclose(vals, vals[:1].expand(3))  # one value: the mean over puzzles
+    assert (state.logits.detach()[puz == 0].abs().sum(-1) > 0).any()
+
+
 def test_evaluate_counts_a_solved_puzzle(puzzles):
     puz, sol = puzzles
     logits = torch.zeros(3, 81, 9)
