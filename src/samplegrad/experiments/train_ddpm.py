@@ -1,0 +1,144 @@
+"""`samplegrad train-ddpm`: train the small DDPM on the embedded 8x8 digits.
+
+Data: ``load_digits("train")`` (1438 images) scaled to [-1, 1]. Model: ``EpsMLP`` noise
+predictor on 1000 discrete training timesteps (linear betas 1e-4..0.02); it is sampled with
+any T <= 1000 by striding (``samplegrad.diffusion.sampling_schedule``). Adam with a cosine
+learning rate, an EMA of the weights (the EMA is what gets saved). Writes
+``checkpoints/ddpm_digits.pt`` (``--weights``); a resumable training checkpoint
+``<weights>.ckpt`` is written every ``--ckpt-every`` steps and picked up by a rerun with the
+same settings, so an interrupt loses at most that many steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from samplegrad.data import load_digits
+from samplegrad.diffusion import EpsMLP, ddpm_loss, linear_alpha_bars
+from samplegrad.experiments._common import Timer, progress, write_json
+
+DEFAULT_WEIGHTS = Path("checkpoints/ddpm_digits.pt")
+
+
+@dataclass
+class DDPMTrainConfig:
+    """Settings of one DDPM training run (printed and stored with the weights)."""
+
+    steps: int = 8000
+    batch_size: int = 256
+    lr: float = 1e-3
+    hidden: int = 256
+    n_blocks: int = 3
+    n_train: int = 1000
+    ema_decay: float = 0.999
+    seed: int = 0
+
+
+QUICK = DDPMTrainConfig(steps=1500, hidden=128, n_blocks=2, ema_decay=0.99)
+
+
+def build_model(cfg: DDPMTrainConfig) -> EpsMLP:
+    return EpsMLP(dim=64, hidden=cfg.hidden, n_blocks=cfg.n_blocks)
+
+
+def _save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)  # atomic
+
+
+def train_ddpm(cfg: DDPMTrainConfig, weights: Path = DEFAULT_WEIGHTS, *,
+               ckpt_every: int = 500, verbose: bool = True) -> dict:
+    """Train (or resume) and write ``weights``; returns a summary dict."""
+    if cfg.steps < 1:
+        raise ValueError(f"cfg.steps must be >= 1, got {cfg.steps}")
+    weights = Path(weights)
+    ckpt = weights.with_name(weights.name + ".ckpt")
+    torch.manual_seed(cfg.seed)
+    x = load_digits("train")[0] * 2.0 - 1.0
+    alpha_bars = linear_alpha_bars(cfg.n_train)
+    model = build_model(cfg)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    start, losses = 0, []
+    if ckpt.exists():
+        blob = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if blob["config"] == asdict(cfg):
+            model.load_state_dict(blob["model"])
+            ema.load_state_dict(blob["ema"])
+            opt.load_state_dict(blob["opt"])
+            sched.load_state_dict(blob["sched"])
+            gen.set_state(blob["gen"])
+            start, losses = blob["step"], blob["losses"]
+            if verbose:
+                print(f"train-ddpm: resuming from {ckpt} at step {start}")
+        elif verbose:
+            print(f"train-ddpm: {ckpt} has other settings; starting over")
+
+    def checkpoint(step: int) -> None:
+        _save({"config": asdict(cfg), "model": model.state_dict(), "ema": ema.state_dict(),
+               "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
+               "step": step, "losses": losses}, ckpt)
+
+    bar = progress(range(start, cfg.steps), desc="train-ddpm", total=cfg.steps - start)
+    running = float("nan")
+    with Timer() as timer:
+        for step in bar:
+            idx = torch.randint(0, len(x), (cfg.batch_size,), generator=gen)
+            loss = ddpm_loss(model, x[idx], alpha_bars, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                for pe, p in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(p, 1.0 - cfg.ema_decay)
+            running = loss.item() if running != running else 0.98 * running + 0.02 * loss.item()
+            if step % 100 == 0:
+                losses.append((step, running))
+                bar.set_postfix(loss=f"{running:.4f}")
+            if (step + 1) % ckpt_every == 0 and step + 1 < cfg.steps:
+                checkpoint(step + 1)
+    _save({"config": asdict(cfg), "state_dict": ema.state_dict(), "losses": losses}, weights)
+    if ckpt.exists():
+        ckpt.unlink()
+    summary = {"config": asdict(cfg), "weights": str(weights), "seconds": timer.seconds,
+               "steps_run": cfg.steps - start, "final_loss_ema": running, "losses": losses}
+    if verbose:
+        print(f"train-ddpm: {cfg} -> {weights} ({timer.seconds:.0f}s, "
+              f"smoothed loss {running:.4f})")
+    return summary
+
+
+def load_ddpm(weights: Path = DEFAULT_WEIGHTS) -> tuple[EpsMLP, torch.Tensor, DDPMTrainConfig]:
+    """Load saved weights: ``(model in eval mode, alpha_bars (n_train,), config)``."""
+    blob = torch.load(Path(weights), map_location="cpu", weights_only=False)
+    cfg = DDPMTrainConfig(**blob["config"])
+    model = build_model(cfg)
+    model.load_state_dict(blob["state_dict"])
+    model.eval().requires_grad_(False)
+    return model, linear_alpha_bars(cfg.n_train), cfg
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 8000)")
+    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    p.add_argument("--ckpt-every", type=int, default=500)
+
+
+def run(args: argparse.Namespace) -> dict:
+    base = QUICK if args.quick else DDPMTrainConfig()
+    cfg = DDPMTrainConfig(**{**asdict(base), "seed": args.seed,
+                             **({"steps": args.steps} if args.steps else {})})
+    summary = train_ddpm(cfg, args.weights, ckpt_every=args.ckpt_every)
+    name = "train_ddpm_quick.json" if args.quick else "train_ddpm.json"
+    write_json(Path(args.out) / "finetune" / name, summary)
+    return summary
