@@ -1,5 +1,6 @@
 """Implicit Diffusion: optimizing the parameters of samplers through their samples."""
 
-from samplegrad.implicit import langevin, langevin_baselines  # Langevin single loop + baselines
+# finetune: DDPM finetuning (adjoint, queue); langevin: Langevin single loop + baselines
+from samplegrad.implicit import finetune, langevin, langevin_baselines
 
-__all__ = ["langevin", "langevin_baselines"]
+__all__ = ["finetune", "langevin", "langevin_baselines"]
