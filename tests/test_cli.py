@@ -46,16 +46,19 @@ def test_bench_gradients_tiny_run_writes_json_and_plot(tmp_path, capsys):
 def test_bench_polyprog_tiny_run_writes_json_and_resumes(tmp_path, capsys):
     cache = tmp_path / "cache"
     argv = ["bench", "polyprog", "--quick", "--steps", "4", "--sweep-steps", "2", "--n-vars",
-            "8", "--batch", "8", "--seeds", "0", "1", "--methods", "redge", "reinforce",
-            "rloo", "--cache", str(cache), "--out", str(tmp_path)]
+            "8", "--batch", "8", "--seeds", "0", "1", "--powers", "2", "3", "--sweep-power", "2",
+            "--methods", "redge", "reinforce", "rloo", "--cache", str(cache),
+            "--out", str(tmp_path)]
     assert main(argv) == 0
     assert "gap to optimum" in capsys.readouterr().out
     path = tmp_path / "polyprog" / "polyprog_quick.json"
     data = json.loads(path.read_text())
     assert {r["estimator"] for r in data["rows"]} == {"redge", "reinforce", "rloo"}
-    assert len(data["runs"]) == 3 * 2 and len(data["sweep"]) == 4 + 2 + 1
+    # knobs swept once (at p=2, 4 + 2 + 1 settings), then 3 methods x 2 powers x 2 seeds
+    assert len(data["runs"]) == 12 and len(data["sweep"]) == 4 + 2 + 1
+    assert {s["power"] for s in data["sweep"]} == {2.0}
     n_cached = len(list(cache.iterdir()))
-    assert n_cached == 6 + 7
+    assert n_cached == 12 + 7
     assert main(argv) == 0  # a second run reads every run back from the cache
     again = json.loads(path.read_text())
     assert len(list(cache.iterdir())) == n_cached

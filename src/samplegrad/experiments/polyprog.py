@@ -55,6 +55,7 @@ class PolyProgConfig:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     sweep_seed: int = 100
     sweep_steps: int = 300
+    sweep_power: float | None = None  # sweep at this power only, reuse its knob; None: each p
     log_every: int = 10
 
 
@@ -141,19 +142,24 @@ def benchmark(cfg: PolyProgConfig, names: list[str], cache: Path | None = None,
               on_update=None) -> dict[str, Any]:
     """Sweep then evaluate every estimator in ``names`` at every power; returns the results."""
     result: dict[str, Any] = {"config": asdict(cfg), "sweep": [], "runs": [], "rows": []}
-    todo = [(p, n) for p in cfg.powers for n in names]
-    total = sum(len(knob_grid(n)) for _, n in todo) + len(todo) * len(cfg.seeds)
+    sweep_powers = cfg.powers if cfg.sweep_power is None else (cfg.sweep_power,)
+    total = (sum(len(knob_grid(n)) for n in names) * len(sweep_powers)
+             + len(cfg.powers) * len(names) * len(cfg.seeds))
     bar = progress(desc="polyprog", total=total, disable=None)
+    chosen: dict[tuple[str, float], dict[str, Any]] = {}
     for power in cfg.powers:
         for name in names:
             bar.set_postfix_str(f"p={power:g} {name}")
-            sweep = []
-            for knobs in knob_grid(name):
-                r = _run(name, knobs, power, cfg.sweep_seed, cfg.sweep_steps, cfg, cache)
-                sweep.append({k: r[k] for k in ("estimator", "knobs", "power", "final")})
-                bar.update()
-            best = min(sweep, key=lambda r: r["final"])["knobs"]
-            result["sweep"] += sweep
+            sp = power if cfg.sweep_power is None else cfg.sweep_power
+            if (name, sp) not in chosen:
+                sweep = []
+                for knobs in knob_grid(name):
+                    r = _run(name, knobs, sp, cfg.sweep_seed, cfg.sweep_steps, cfg, cache)
+                    sweep.append({k: r[k] for k in ("estimator", "knobs", "power", "final")})
+                    bar.update()
+                chosen[(name, sp)] = min(sweep, key=lambda r: r["final"])["knobs"]
+                result["sweep"] += sweep
+            best = chosen[(name, sp)]
             runs = []
             for seed in cfg.seeds:
                 runs.append(_run(name, best, power, seed, cfg.steps, cfg, cache))
@@ -172,10 +178,11 @@ def benchmark(cfg: PolyProgConfig, names: list[str], cache: Path | None = None,
 
 def caption(cfg: PolyProgConfig, power: float) -> str:
     start = float(task.expected_loss(torch.zeros(1, 2), power))
+    at = "" if cfg.sweep_power is None else f" at p={cfg.sweep_power:g} (used for every p)"
     return (f"L={cfg.n_vars} binary variables, loss mean_d |x_d - 0.45|^{power:g}, Adam lr "
             f"{cfg.lr:g} from zero logits, batch {cfg.batch}, {cfg.steps} steps, seeds "
             f"{list(cfg.seeds)}; knob chosen by a sweep on seed {cfg.sweep_seed} with "
-            f"{cfg.sweep_steps} steps. final E[loss] = exact expectation at the final logits "
+            f"{cfg.sweep_steps} steps{at}. final E[loss] = exact expectation at the final logits "
             f"(mean and std over seeds); start {start:.4f}, optimum 0.45^{power:g} = "
             f"{task.optimum(power):.4f}.")
 
@@ -232,6 +239,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-vars", type=int, default=None)
     p.add_argument("--powers", type=float, nargs="+", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="evaluation seeds")
+    p.add_argument("--sweep-power", type=float, default=None,
+                   help="sweep knobs at this power only and reuse them (default: every power)")
     p.add_argument("--methods", nargs="+", default=None, help="subset of estimators")
     p.add_argument("--cache", type=str, default=".cache/polyprog",
                    help="folder of finished runs (resume); '' disables")
@@ -242,7 +251,8 @@ def config_from_args(args: argparse.Namespace) -> PolyProgConfig:
     over = {"steps": args.steps, "sweep_steps": args.sweep_steps, "batch": args.batch,
             "n_vars": args.n_vars,
             "powers": tuple(args.powers) if args.powers else None,
-            "seeds": tuple(args.seeds) if args.seeds else None}
+            "seeds": tuple(args.seeds) if args.seeds else None,
+            "sweep_power": args.sweep_power}
     return replace(cfg, **{k: v for k, v in over.items() if v is not None})
 
 
