@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -79,14 +81,33 @@ def _one_step_saved_bytes(step_fn, cfg, theta0: torch.Tensor, seed: int, **init_
     return m["bytes"]
 
 
-def _time_to_reach(exact: torch.Tensor, times: list[float], target: float, sustain: int) -> float:
-    """First time after which the exact reward stays >= target for ``sustain`` logged steps."""
+def _first_sustained(exact: torch.Tensor, target: float, sustain: int) -> int | None:
+    """First history index after which the exact reward stays >= target for ``sustain``
+    logged steps (None if never)."""
     ok = (exact >= target).tolist()
     n = len(ok)
     for i in range(n):
         if all(ok[i:min(n, i + sustain)]):
-            return times[i]
-    return math.nan
+            return i
+    return None
+
+
+def _interleaved_ms(plan: list, theta0: torch.Tensor, bench: LangevinBenchConfig,
+                    rounds: int = 5) -> dict[str, float]:
+    """Median milliseconds per theta step of each method, timed in alternation (rounds of
+    ~the same duration per method), so that a changing machine load hits all alike."""
+    states, times = {}, {name: [] for name, *_ in plan}
+    for name, fn, cfg, _, kw, _inner in plan:
+        states[name] = init(mixture_potential, theta0, cfg, dim=2, seed=bench.seed, **kw)
+        states[name], _ = fn(states[name], mixture_potential, hexagon_reward, cfg)  # warm-up
+    for _ in range(rounds):
+        for name, fn, cfg, _, _, inner in plan:
+            k = max(1, 100 // inner)
+            t0 = time.perf_counter()
+            for _ in range(k):
+                states[name], _ = fn(states[name], mixture_potential, hexagon_reward, cfg)
+            times[name].append(1e3 * (time.perf_counter() - t0) / k)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def _run(name: str, step_fn, cfg: LangevinConfig, n_steps: int, theta0: torch.Tensor,
@@ -177,6 +198,8 @@ def _summary(r: dict, inner: int, saved: int, at: int) -> dict:
         "softmax(theta)": "[" + ", ".join(
             f"{v:.3f}" for v in torch.softmax(r["state"].theta.detach(), -1).tolist()) + "]",
         "autograd KiB / theta step": saved / 1024,
+        "largest theta step": float(torch.tensor(h["theta"]).diff(dim=0).norm(dim=-1).max())
+        if n > 1 else math.nan,
     }
 
 
@@ -189,6 +212,7 @@ def _subsample(r: dict, max_points: int = 500) -> dict:
         "particle_reward": [h["reward"][i] for i in idx],
         "exact_reward": [float(r["exact"][i]) for i in idx],
         "kl_estimate": [h["kl"][i] for i in idx],
+        "grad_norm": [h["grad_norm"][i] for i in idx],
         "theta": [h["theta"][i] for i in idx],
         "kl_exact": {"step": r["kl_steps"], "value": r["kl_exact"]},
     }
@@ -226,16 +250,22 @@ def run(args: argparse.Namespace) -> dict:
         payload["table"] = rows
         write_json(out / "langevin.json", payload)  # partial results survive an interrupt
 
-    # speed: time for the single loop to reach each baseline's final exact reward
+    # speed: time for the single loop to reach each baseline's final exact reward, with the
+    # times of the runs themselves and with per-step costs timed in alternation
+    ms = _interleaved_ms(plan, theta0, bench)
     imp = runs[0]
     for r, row in zip(runs, rows):
+        row["interleaved ms / theta step"] = ms[r["name"]]
         if r is imp or "KL" in r["name"]:
             continue
-        target = float(r["exact"][-1])
-        t_imp = _time_to_reach(imp["exact"], imp["hist"]["time"], target, bench.sustain)
+        i = _first_sustained(imp["exact"], float(r["exact"][-1]), bench.sustain)
+        t_imp = math.nan if i is None else imp["hist"]["time"][i]
+        n_imp = math.nan if i is None else imp["hist"]["step"][i]
+        row["implicit steps to reach"] = n_imp
         row["implicit time to reach (s)"] = t_imp
         row["speed-up of implicit"] = r["hist"]["time"][-1] / t_imp if t_imp > 0 else math.nan
-    payload["table"] = rows
+        row["speed-up, interleaved costs"] = (r["hist"]["step"][-1] * ms[r["name"]]) / (
+            n_imp * ms[imp["name"]])
     payload["start"] = {"exact E[R]": float(mixture_reward(theta0)),
                         "max exact E[R]": float(component_rewards().max()),
                         "component rewards": component_rewards().tolist()}
@@ -244,9 +274,9 @@ def run(args: argparse.Namespace) -> dict:
     write_json(out / "langevin.json", payload)
 
     cols = ["method", "theta steps", "Langevin steps / theta step", "time (s)",
-            "ms / theta step", "particle reward", "exact E[R]",
+            "ms / theta step", "interleaved ms / theta step", "particle reward", "exact E[R]",
             f"exact E[R] at step {bench.baseline_steps}", "KL(ref||pi)",
-            "autograd KiB / theta step"]
+            "autograd KiB / theta step", "largest theta step"]
     print(f"\nstart: exact E[R] = {payload['start']['exact E[R]']:.4f}, best possible "
           f"{payload['start']['max exact E[R]']:.4f}\n")
     print(markdown_table(rows, cols))
@@ -254,10 +284,14 @@ def run(args: argparse.Namespace) -> dict:
     print(markdown_table([{"method": r["method"], "softmax(theta)": r["softmax(theta)"]}
                           for r in rows]))
     speed = [{"baseline": r["method"], "its final exact E[R]": r["exact E[R]"],
-              "its time (s)": r["time (s)"],
+              "its theta steps": r["theta steps"], "its time (s)": r["time (s)"],
+              "implicit steps to reach": r["implicit steps to reach"],
               "implicit time to reach (s)": r["implicit time to reach (s)"],
-              "speed-up of implicit": r["speed-up of implicit"]}
+              "speed-up of implicit": r["speed-up of implicit"],
+              "speed-up, interleaved costs": r["speed-up, interleaved costs"]}
              for r in rows if "implicit time to reach (s)" in r]
+    costs = ", ".join(f"{k}: {v:.1f}" for k, v in ms.items())
+    print(f"\nmedian ms per theta step, timed in alternation: {costs}")
     print()
     print(markdown_table(speed))
     payload["speed"] = speed
