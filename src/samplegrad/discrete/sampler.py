@@ -22,7 +22,8 @@ Guide = Callable[[Tensor, Tensor, float, float], Tensor]
 def categorical_draw(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """One token per row by Gumbel-max: ``(..., V)`` -> ``(...)`` int64 (-inf never drawn)."""
     u = torch.rand(logits.shape, generator=generator, device=logits.device)
-    g = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    e = (-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20)  # Exp(1)
+    g = -torch.log(e)  # Gumbel(0, 1)
     return (logits.float() + g).argmax(-1)
 
 

@@ -126,6 +126,11 @@ def train_task(task: str, ckpt_dir: Path, *, quick: bool = False, seed: int = 0,
                     torch.save(metrics, metrics_path)
             if state.step % ckpt_every == 0 or state.step == cfg.steps:
                 save_checkpoint(last, state, cfg)
+        for name in STAGES:  # stages saved by an earlier run but not evaluated yet
+            if name not in metrics and (folder / f"{name}.pt").exists():
+                blob = load_checkpoint(folder / f"{name}.pt")
+                metrics[name] = {"step": blob.step, **evaluate(blob.model, task, held_out, seed)}
+                torch.save(metrics, metrics_path)
     return {"task": task, "model_config": asdict(spec.model), "train_config": asdict(cfg),
             "n_data": len(data), "seed": seed, "checkpoints": str(folder),
             "seconds_this_run": timer.seconds, "stages": metrics,

@@ -1,0 +1,320 @@
+"""`samplegrad bench guidance`: reward guidance of masked discrete diffusion models.
+
+For each task, checkpoint (weak = ``early``, strong = ``final``, from `samplegrad train-mdm`)
+and estimator (every ``bench_methods()`` name, plus the unguided sampler), the same fixed
+inputs and sampler seed are run through :func:`samplegrad.discrete.sample` with a guide
+from :func:`samplegrad.discrete.make_guide`:
+
+- Sudoku: ``n_puzzles`` puzzles from ``generate_puzzles`` (fixed seed), clues clamped;
+  objective the constraint penalty. Metrics: exact-solution rate and mean violations.
+- Digits: unconditional 8x8 binary digits; objective ``-log p(target | image)`` under the
+  cached digit classifier. Metrics: mean log p(target), fraction classified as the target.
+
+Both report the expected path KL of the guided to the unguided sampler (sum over steps and
+masked positions of P(revealed at this step) * KL(q_i || p_i), an upper bound on the KL
+between the two final-sample laws), wall time, and the autograd graph memory of one
+guidance optimizer step (first sampling step, all free positions masked).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from samplegrad.discrete import GuidanceConfig, guided_logits, load_model, make_guide, sample
+from samplegrad.discrete.sampler import initial_tokens
+from samplegrad.discrete.tasks import digit_objective, sudoku_grid, sudoku_objective, sudoku_tokens
+from samplegrad.experiments._common import (
+    Timer,
+    markdown_table,
+    peak_rss_mb,
+    progress,
+    saved_tensor_bytes,
+    write_json,
+)
+from samplegrad.experiments._estimators import bench_methods, default_knobs
+
+UNGUIDED = "unguided"
+
+
+@dataclass
+class BenchConfig:
+    """Settings of one `bench guidance` run (printed and saved with the results)."""
+
+    checkpoints: tuple[str, ...] = ("early", "final")
+    methods: tuple[str, ...] = ()  # empty: unguided + every bench_methods() name
+    n_samples: int = 4
+    n_opt_steps: int = 5
+    lr: float = 0.3
+    kl_mode: str = "prox"
+    # Sudoku
+    n_puzzles: int = 100
+    difficulty: str = "medium"
+    puzzle_seed: int = 2026
+    sudoku_steps: int = 16
+    sudoku_kl_weight: float = 1.0
+    # digits
+    n_digits: int = 100
+    target_digit: int = 3
+    digits_steps: int = 16
+    digits_kl_weight: float = 0.1
+    batch_size: int = 50
+    knobs: dict[str, dict] = field(default_factory=dict)
+
+
+def quick_config() -> BenchConfig:
+    return BenchConfig(checkpoints=("final",), methods=(UNGUIDED, "redge", "straight_through",
+                                                         "rloo"),
+                       n_opt_steps=3, n_puzzles=6, n_digits=6, sudoku_steps=6, digits_steps=6,
+                       batch_size=6)
+
+
+def _guide_config(cfg: BenchConfig, method: str, kl_weight: float) -> GuidanceConfig:
+    return GuidanceConfig(method, cfg.n_samples, cfg.n_opt_steps, cfg.lr, kl_weight,
+                          cfg.kl_mode, dict(cfg.knobs.get(method, {})))
+
+
+def _graph_mib(model, given: torch.Tensor, objective, gcfg: GuidanceConfig) -> float:
+    """Autograd bytes saved over one guidance call at the first step, per optimizer step."""
+    x = given
+    with torch.no_grad():
+        p = model(x).float()
+    with saved_tensor_bytes() as m:
+        guided_logits(p, x, objective, gcfg)
+    return m["bytes"] / 2**20 / max(1, gcfg.n_opt_steps)
+
+
+def _run_batches(model, starts: torch.Tensor, n_steps: int, objective, gcfg, cfg: BenchConfig,
+                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample every row of ``starts`` in batches; returns (tokens, path KL)."""
+    outs, kls = [], []
+    for i in range(0, len(starts), cfg.batch_size):
+        gen = torch.Generator().manual_seed(seed + i)
+        torch.manual_seed(seed + i)  # the estimators' own draws
+        guide = None if gcfg is None else make_guide(objective, gcfg)
+        x, kl = sample(model, n_steps, given=starts[i:i + cfg.batch_size], generator=gen,
+                       guide=guide, return_kl=True)
+        outs.append(x)
+        kls.append(kl)
+    return torch.cat(outs), torch.cat(kls)
+
+
+def run_sudoku(model, method: str, cfg: BenchConfig, puzzles: torch.Tensor,
+               seed: int) -> tuple[dict, torch.Tensor]:
+    from samplegrad.tasks.sudoku import is_solved, violations
+
+    given = sudoku_tokens(puzzles)
+    gcfg = None if method == UNGUIDED else _guide_config(cfg, method, cfg.sudoku_kl_weight)
+    with Timer() as t:
+        x, kl = _run_batches(model, given, cfg.sudoku_steps, sudoku_objective, gcfg, cfg, seed)
+    grids = sudoku_grid(x)
+    v = violations(grids).float()
+    row = {"solved": float(is_solved(grids, puzzles).float().mean()),
+           "violations": float(v.mean()), "path KL": float(kl.mean()),
+           "time (s)": t.seconds,
+           "graph MiB/opt step": 0.0 if gcfg is None else _graph_mib(
+               model, given[: cfg.batch_size], sudoku_objective, gcfg)}
+    return row, grids
+
+
+def run_digits(model, method: str, cfg: BenchConfig, classifier,
+               seed: int) -> tuple[dict, torch.Tensor]:
+    from samplegrad.tasks.rewards import digit_log_prob
+
+    objective = digit_objective(classifier, cfg.target_digit)
+    starts = initial_tokens(model, cfg.n_digits)
+    gcfg = None if method == UNGUIDED else _guide_config(cfg, method, cfg.digits_kl_weight)
+    with Timer() as t:
+        x, kl = _run_batches(model, starts, cfg.digits_steps, objective, gcfg, cfg, seed)
+    img = x.float()
+    with torch.no_grad():
+        lp = digit_log_prob(classifier, img, cfg.target_digit)
+        hit = classifier(img).argmax(-1) == cfg.target_digit
+    row = {"log p(target)": float(lp.mean()), "P(class = target)": float(hit.float().mean()),
+           "path KL": float(kl.mean()), "time (s)": t.seconds,
+           "graph MiB/opt step": 0.0 if gcfg is None else _graph_mib(
+               model, starts[: cfg.batch_size], objective, gcfg)}
+    return row, img
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _plot_digits(samples: dict[str, torch.Tensor], path: Path, n: int = 10) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(samples)
+    fig, axes = plt.subplots(len(names), n, figsize=(n * 0.6 + 1.8, len(names) * 0.62 + 0.3))
+    for r, name in enumerate(names):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(samples[name][c].reshape(8, 8), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=7)
+    fig.tight_layout(pad=0.2)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_sudoku(puzzle: torch.Tensor, grids: dict[str, torch.Tensor], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from samplegrad.tasks.sudoku import UNITS
+
+    panels = {"puzzle": puzzle, **grids}
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
+    for ax, (name, g) in zip(axes, panels.items()):
+        bad = torch.zeros(81, dtype=torch.bool)
+        if name != "puzzle":
+            for unit in UNITS:  # cells whose digit repeats in one of their units
+                vals = g[unit]
+                for j, cell in enumerate(unit.tolist()):
+                    bad[cell] |= bool((vals == vals[j]).sum() > 1)
+        for i in range(81):
+            r, c = divmod(i, 9)
+            d = int(g[i])
+            if d:
+                color = "black" if puzzle[i] else ("red" if bad[i] else "tab:blue")
+                ax.text(c + 0.5, 8.5 - r, str(d), ha="center", va="center", color=color,
+                        fontsize=9, fontweight="bold" if puzzle[i] else "normal")
+        for k in range(10):
+            lw = 1.6 if k % 3 == 0 else 0.4
+            ax.axhline(k, color="k", lw=lw)
+            ax.axvline(k, color="k", lw=lw)
+        ax.set_xlim(0, 9)
+        ax.set_ylim(0, 9)
+        ax.set_aspect("equal")
+        ax.axis("off")
+        ax.set_title(name, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_tradeoff(rows: list[dict], task: str, metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
+    for ax, ck in zip(axes, ("early", "final")):
+        for r in rows:
+            if r["task"] != task or r["checkpoint"] != ck:
+                continue
+            ax.scatter(r["path KL"], r[metric], s=18)
+            ax.annotate(r["estimator"], (r["path KL"], r[metric]), fontsize=7)
+        ax.set_xlabel("expected path KL to the unguided sampler (nats)")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{task}, checkpoint {ck}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- runner
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt-dir", type=Path, default=Path("checkpoints/mdm"))
+    p.add_argument("--tasks", default="sudoku,digits")
+    p.add_argument("--methods", default=None, help="comma list (default: all + unguided)")
+    p.add_argument("--n-puzzles", type=int, default=None)
+    p.add_argument("--n-digits", type=int, default=None)
+
+
+def _checkpoint(ckpt_dir: Path, task: str, stage: str, quick: bool) -> Path:
+    path = ckpt_dir / task / f"{stage}.pt"
+    if path.exists():
+        return path
+    if quick:  # tiny stand-in models, trained here in seconds
+        from samplegrad.experiments.train_mdm import ckpt_dir_for, train_task
+
+        qdir = ckpt_dir_for(ckpt_dir, True)
+        if not (qdir / task / f"{stage}.pt").exists():
+            train_task(task, qdir, quick=True)
+        return qdir / task / f"{stage}.pt"
+    raise SystemExit(f"missing {path}: run `samplegrad train-mdm` first")
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads or 1)
+    cfg = quick_config() if args.quick else BenchConfig()
+    if args.methods:
+        cfg = replace(cfg, methods=tuple(args.methods.split(",")))
+    if args.n_puzzles:
+        cfg = replace(cfg, n_puzzles=args.n_puzzles)
+    if args.n_digits:
+        cfg = replace(cfg, n_digits=args.n_digits)
+    methods = list(cfg.methods) or [UNGUIDED, *bench_methods()]
+    tasks = args.tasks.split(",")
+    out_dir = args.out / "guidance"
+    suffix = "_quick" if args.quick else ""
+    knobs = {m: {**default_knobs(m), **cfg.knobs.get(m, {})} for m in methods if m != UNGUIDED}
+    settings = {"bench": asdict(cfg), "estimator_knobs": knobs, "seed": args.seed,
+                "threads": torch.get_num_threads()}
+    print("settings:", settings)
+    rows: list[dict] = []
+    plots: dict = {}
+    for task in tasks:
+        if task == "sudoku":
+            from samplegrad.tasks.sudoku import generate_puzzles
+
+            puzzles, _ = generate_puzzles(cfg.n_puzzles, cfg.puzzle_seed, cfg.difficulty)
+        else:
+            from samplegrad.tasks.rewards import digit_classifier
+
+            classifier = digit_classifier("checkpoints")
+        for stage in cfg.checkpoints:
+            model = load_model(_checkpoint(args.ckpt_dir, task, stage, args.quick))
+            bar = progress(methods, desc=f"guidance {task} {stage}", total=len(methods))
+            for method in bar:
+                bar.set_postfix_str(method)
+                if task == "sudoku":
+                    row, out = run_sudoku(model, method, cfg, puzzles, args.seed)
+                else:
+                    row, out = run_digits(model, method, cfg, classifier, args.seed)
+                rows.append({"task": task, "checkpoint": stage, "estimator": method, **row})
+                plots[(task, stage, method)] = out
+                write_json(out_dir / f"guidance{suffix}.json",  # partial results survive
+                           {"settings": settings, "rows": rows, "complete": False})
+        for stage in cfg.checkpoints:
+            sel = [r for r in rows if r["task"] == task and r["checkpoint"] == stage]
+            print(f"\n{task}, checkpoint {stage}:")
+            print(markdown_table([{k: v for k, v in r.items() if k not in ("task", "checkpoint")}
+                                  for r in sel]))
+    result = {"settings": settings, "rows": rows, "complete": True,
+              "peak_rss_mb": peak_rss_mb()}
+    write_json(out_dir / f"guidance{suffix}.json", result)
+    if not args.quick:
+        _write_plots(rows, plots, cfg, tasks, out_dir, puzzles if "sudoku" in tasks else None)
+    return result
+
+
+def _write_plots(rows, plots, cfg: BenchConfig, tasks, out_dir: Path, puzzles) -> None:
+    stage = cfg.checkpoints[-1]
+    if "digits" in tasks:
+        _plot_digits({m: plots[("digits", stage, m)] for m in [UNGUIDED, *bench_methods()]
+                      if ("digits", stage, m) in plots}, out_dir / "digits_samples.png")
+        _plot_tradeoff(rows, "digits", "log p(target)", out_dir / "digits_tradeoff.png")
+    if "sudoku" in tasks:
+        sel = [r for r in rows if r["task"] == "sudoku" and r["checkpoint"] == stage]
+        best = max((r for r in sel if r["estimator"] != UNGUIDED),
+                   key=lambda r: (r["solved"], -r["violations"]))["estimator"]
+        from samplegrad.tasks.sudoku import violations
+
+        g_best = plots[("sudoku", stage, best)]
+        i = int(violations(g_best).argmin())
+        _plot_sudoku(puzzles[i], {UNGUIDED: plots[("sudoku", stage, UNGUIDED)][i],
+                                  best: g_best[i]}, out_dir / "sudoku_example.png")
+        _plot_tradeoff(rows, "sudoku", "violations", out_dir / "sudoku_tradeoff.png")
