@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from test_spectral_basis import _one_thread  # noqa: F401  (autouse fixture)
 
 from samplegrad.spectral import (
     GaussianMixture,
@@ -18,16 +19,6 @@ from samplegrad.spectral import (
     train_dsm,
 )
 from samplegrad.tasks.boltzmann import PerturbedGaussian, Phi4Lattice, run_mala
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops: one thread is faster than two on a loaded machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 COV = torch.tensor([[1.5, 0.5, 0.0], [0.5, 0.7, 0.1], [0.0, 0.1, 0.6]], dtype=torch.float64)
 MEAN = torch.tensor([[0.3, -0.2, 0.1]], dtype=torch.float64)

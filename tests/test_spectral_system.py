@@ -5,20 +5,11 @@ import itertools
 import math
 
 import numpy as np
-import pytest
 import torch
+from test_spectral_basis import _one_thread  # noqa: F401  (autouse fixture)
 
 from samplegrad.spectral.basis import HermiteBasis
 from samplegrad.spectral.system import gram_terms, ou_expectation, rhs, solve_system
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops: one thread is faster than two on a loaded machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _data(n, d, seed=0):
