@@ -88,8 +88,8 @@ class CategoricalVAE(nn.Module):
 
 def bernoulli_log_lik(pixel_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``log p(x | z)`` summed over pixels: ``(..., D), (B, D) -> (..., B)``."""
-    return -F.binary_cross_entropy_with_logits(
-        pixel_logits, x.expand_as(pixel_logits), reduction="none").sum(-1)
+    pixel_logits, x = torch.broadcast_tensors(pixel_logits, x)
+    return -F.binary_cross_entropy_with_logits(pixel_logits, x, reduction="none").sum(-1)
 
 
 def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
