@@ -48,6 +48,7 @@ class GuidanceConfig:
     lr: float = 0.3
     kl_weight: float = 1.0
     kl_mode: str = "prox"
+    warm_start: bool = True  # start each sampling step at p + (previous step's q - p)
     knobs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,10 +86,11 @@ def _expected_objective(theta: Tensor, fixed: Tensor, masked: Tensor, objective:
     return total
 
 
-def guided_logits(p_logits: Tensor, x: Tensor, objective: Objective,
-                  cfg: GuidanceConfig) -> Tensor:
+def guided_logits(p_logits: Tensor, x: Tensor, objective: Objective, cfg: GuidanceConfig,
+                  offset: Tensor | None = None) -> Tensor:
     """Variational logits ``(B, L, V)`` for the masked positions of ``x`` ``(B, L)`` (mask id
-    ``V``); rows of unmasked positions are returned as ``p_logits``."""
+    ``V``); rows of unmasked positions are returned as ``p_logits``. The optimization starts
+    at ``p_logits + offset`` (``offset`` ``(B, L, V)``, default 0)."""
     b, length, v = p_logits.shape
     if x.shape != (b, length):
         raise ValueError(f"x must be shaped {(b, length)}; got {tuple(x.shape)}")
@@ -97,7 +99,10 @@ def guided_logits(p_logits: Tensor, x: Tensor, objective: Objective,
     if cfg.n_opt_steps == 0 or not bool(masked.any()) or math.isinf(cfg.kl_weight):
         return p  # lam = inf: the minimizer is q = p
     fixed = torch.nn.functional.one_hot(x.clamp_max(v - 1), v).float()
-    theta = p.clone().requires_grad_(True)
+    if offset is not None and offset.shape != p.shape:
+        raise ValueError(f"offset must be shaped {tuple(p.shape)}; got {tuple(offset.shape)}")
+    start = p if offset is None else p + offset.detach().float()
+    theta = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([theta], lr=cfg.lr)
     eta = cfg.lr * cfg.kl_weight
     for _ in range(cfg.n_opt_steps):
@@ -115,9 +120,19 @@ def guided_logits(p_logits: Tensor, x: Tensor, objective: Objective,
 
 
 def make_guide(objective: Objective, cfg: GuidanceConfig) -> Guide:
-    """A ``guide`` for :func:`samplegrad.discrete.sample` running :func:`guided_logits`."""
+    """A ``guide`` for one :func:`samplegrad.discrete.sample` call running
+    :func:`guided_logits` at every step. With ``cfg.warm_start`` it remembers ``q - p`` of
+    the previous step (its state: make a new guide per ``sample`` call), so the variational
+    optimization accumulates over the sampling steps instead of restarting at ``p``."""
+    state: dict[str, Tensor] = {}
+
     def guide(p_logits: Tensor, x: Tensor, t: float, s: float) -> Tensor:
+        offset = state.get("offset") if cfg.warm_start else None
+        if offset is not None and offset.shape != p_logits.shape:
+            offset = None  # a different batch: start afresh
         with torch.enable_grad():
-            return guided_logits(p_logits, x, objective, cfg)
+            q = guided_logits(p_logits, x, objective, cfg, offset)
+        state["offset"] = q - p_logits.detach().float()
+        return q
 
     return guide

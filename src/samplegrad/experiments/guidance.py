@@ -47,15 +47,16 @@ class BenchConfig:
     checkpoints: tuple[str, ...] = ("early", "final")
     methods: tuple[str, ...] = ()  # empty: unguided + every bench_methods() name
     n_samples: int = 4
-    n_opt_steps: int = 5
-    lr: float = 0.3
+    n_opt_steps: int = 10
+    lr: float = 0.5
     kl_mode: str = "prox"
+    warm_start: bool = True
     # Sudoku
     n_puzzles: int = 100
-    difficulty: str = "medium"
+    difficulty: str = "easy"
     puzzle_seed: int = 2026
     sudoku_steps: int = 16
-    sudoku_kl_weight: float = 1.0
+    sudoku_kl_weight: float = 0.05
     # digits
     n_digits: int = 100
     target_digit: int = 3
@@ -74,7 +75,7 @@ def quick_config() -> BenchConfig:
 
 def _guide_config(cfg: BenchConfig, method: str, kl_weight: float) -> GuidanceConfig:
     return GuidanceConfig(method, cfg.n_samples, cfg.n_opt_steps, cfg.lr, kl_weight,
-                          cfg.kl_mode, dict(cfg.knobs.get(method, {})))
+                          cfg.kl_mode, cfg.warm_start, dict(cfg.knobs.get(method, {})))
 
 
 def _graph_mib(model, given: torch.Tensor, objective, gcfg: GuidanceConfig) -> float:
@@ -264,51 +265,73 @@ def run(args: argparse.Namespace) -> dict:
     settings = {"bench": asdict(cfg), "estimator_knobs": knobs, "seed": args.seed,
                 "threads": torch.get_num_threads()}
     print("settings:", settings)
-    rows: list[dict] = []
-    plots: dict = {}
+    _warm_up(methods)
+    result = {"settings": settings, "rows": [], "complete": True}
     for task in tasks:
-        if task == "sudoku":
-            from samplegrad.tasks.sudoku import generate_puzzles
-
-            puzzles, _ = generate_puzzles(cfg.n_puzzles, cfg.puzzle_seed, cfg.difficulty)
-        else:
-            from samplegrad.tasks.rewards import digit_classifier
-
-            classifier = digit_classifier("checkpoints")
-        for stage in cfg.checkpoints:
-            model = load_model(_checkpoint(args.ckpt_dir, task, stage, args.quick))
-            bar = progress(methods, desc=f"guidance {task} {stage}", total=len(methods))
-            for method in bar:
-                bar.set_postfix_str(method)
-                if task == "sudoku":
-                    row, out = run_sudoku(model, method, cfg, puzzles, args.seed)
-                else:
-                    row, out = run_digits(model, method, cfg, classifier, args.seed)
-                rows.append({"task": task, "checkpoint": stage, "estimator": method, **row})
-                plots[(task, stage, method)] = out
-                write_json(out_dir / f"guidance{suffix}.json",  # partial results survive
-                           {"settings": settings, "rows": rows, "complete": False})
-        for stage in cfg.checkpoints:
-            sel = [r for r in rows if r["task"] == task and r["checkpoint"] == stage]
-            print(f"\n{task}, checkpoint {stage}:")
-            print(markdown_table([{k: v for k, v in r.items() if k not in ("task", "checkpoint")}
-                                  for r in sel]))
-    result = {"settings": settings, "rows": rows, "complete": True,
-              "peak_rss_mb": peak_rss_mb()}
-    write_json(out_dir / f"guidance{suffix}.json", result)
-    if not args.quick:
-        _write_plots(rows, plots, cfg, tasks, out_dir, puzzles if "sudoku" in tasks else None)
+        rows, plots, puzzles = _run_task(task, cfg, methods, args, settings)
+        path = out_dir / f"guidance_{task}{suffix}.json"
+        write_json(path, {"settings": settings, "rows": rows, "complete": True,
+                          "peak_rss_mb": peak_rss_mb()})
+        if not args.quick:
+            _write_plots(rows, plots, cfg, task, out_dir, puzzles)
+        result["rows"] += rows
     return result
 
 
-def _write_plots(rows, plots, cfg: BenchConfig, tasks, out_dir: Path, puzzles) -> None:
+def _warm_up(methods: list[str]) -> None:
+    """One untimed guided step per estimator (first-call imports and allocations)."""
+    p = torch.zeros(2, 4, 3)
+    x = torch.full((2, 4), 3)
+    for m in methods:
+        if m != UNGUIDED:
+            guided_logits(p, x, lambda y: y[..., 0].sum(-1), GuidanceConfig(m, n_samples=2,
+                                                                             n_opt_steps=1))
+
+
+def _run_task(task: str, cfg: BenchConfig, methods: list[str], args: argparse.Namespace,
+              settings: dict) -> tuple[list[dict], dict, torch.Tensor | None]:
+    suffix = "_quick" if args.quick else ""
+    path = args.out / "guidance" / f"guidance_{task}{suffix}.json"
+    puzzles = classifier = None
+    if task == "sudoku":
+        from samplegrad.tasks.sudoku import generate_puzzles
+
+        puzzles, _ = generate_puzzles(cfg.n_puzzles, cfg.puzzle_seed, cfg.difficulty)
+    elif task == "digits":
+        from samplegrad.tasks.rewards import digit_classifier
+
+        classifier = digit_classifier("checkpoints")
+    else:
+        raise SystemExit(f"unknown task {task!r}; choose from sudoku, digits")
+    rows: list[dict] = []
+    plots: dict = {}
+    for stage in cfg.checkpoints:
+        model = load_model(_checkpoint(args.ckpt_dir, task, stage, args.quick))
+        bar = progress(methods, desc=f"guidance {task} {stage}", total=len(methods))
+        for method in bar:
+            bar.set_postfix_str(method)
+            if task == "sudoku":
+                row, out = run_sudoku(model, method, cfg, puzzles, args.seed)
+            else:
+                row, out = run_digits(model, method, cfg, classifier, args.seed)
+            rows.append({"task": task, "checkpoint": stage, "estimator": method, **row})
+            plots[(task, stage, method)] = out
+            write_json(path, {"settings": settings, "rows": rows, "complete": False})
+        sel = [r for r in rows if r["checkpoint"] == stage]
+        print(f"\n{task}, checkpoint {stage}:")
+        print(markdown_table([{k: v for k, v in r.items() if k not in ("task", "checkpoint")}
+                              for r in sel]))
+    return rows, plots, puzzles
+
+
+def _write_plots(rows, plots, cfg: BenchConfig, task: str, out_dir: Path, puzzles) -> None:
     stage = cfg.checkpoints[-1]
-    if "digits" in tasks:
+    if task == "digits":
         _plot_digits({m: plots[("digits", stage, m)] for m in [UNGUIDED, *bench_methods()]
                       if ("digits", stage, m) in plots}, out_dir / "digits_samples.png")
         _plot_tradeoff(rows, "digits", "log p(target)", out_dir / "digits_tradeoff.png")
-    if "sudoku" in tasks:
-        sel = [r for r in rows if r["task"] == "sudoku" and r["checkpoint"] == stage]
+    if task == "sudoku":
+        sel = [r for r in rows if r["checkpoint"] == stage]
         best = max((r for r in sel if r["estimator"] != UNGUIDED),
                    key=lambda r: (r["solved"], -r["violations"]))["estimator"]
         from samplegrad.tasks.sudoku import violations

@@ -30,7 +30,7 @@ from samplegrad.discrete import (
 from samplegrad.discrete.tasks import digit_tokens, sudoku_grid, sudoku_tokens
 from samplegrad.experiments._common import Timer, markdown_table, progress, write_json
 
-STAGES: dict[str, float] = {"early": 0.1, "middle": 0.35, "final": 1.0}
+STAGES: dict[str, float] = {"early": 0.2, "middle": 0.35, "final": 1.0}
 TASKS = ("sudoku", "digits")
 
 
@@ -47,10 +47,10 @@ def task_spec(task: str, quick: bool = False) -> TaskSpec:
     """Default settings of ``task`` (``quick``: a tiny run for smoke tests)."""
     if task == "sudoku":
         spec = TaskSpec(MDMConfig(9, 81, width=96, depth=3, heads=4, mlp_ratio=2),
-                        TrainConfig(steps=2000, batch_size=64, lr=2e-3, warmup=100), 8000)
+                        TrainConfig(steps=900, batch_size=64, lr=2e-3, warmup=100), 8000)
     elif task == "digits":
         spec = TaskSpec(MDMConfig(2, 64, width=64, depth=2, heads=4, mlp_ratio=2),
-                        TrainConfig(steps=1500, batch_size=64, lr=2e-3, warmup=100), 0)
+                        TrainConfig(steps=800, batch_size=64, lr=2e-3, warmup=50), 0)
     else:
         raise ValueError(f"task must be one of {TASKS}; got {task!r}")
     if quick:
