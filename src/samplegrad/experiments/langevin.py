@@ -203,25 +203,27 @@ def _summary(r: dict, inner: int, saved: int, at: int) -> dict:
     }
 
 
-def _subsample(r: dict, max_points: int = 500) -> dict:
+def _subsample(r: dict, max_points: int = 200) -> dict:
+    """The history at <= max_points evenly spaced steps, floats to 6 significant digits."""
     h = r["hist"]
     idx = sorted(set(torch.linspace(0, len(h["step"]) - 1, min(max_points, len(h["step"])))
                      .round().long().tolist()))
+    g = lambda v: float(f"{v:.6g}")  # noqa: E731
     return {
-        "step": [h["step"][i] for i in idx], "time": [h["time"][i] for i in idx],
-        "particle_reward": [h["reward"][i] for i in idx],
-        "exact_reward": [float(r["exact"][i]) for i in idx],
-        "kl_estimate": [h["kl"][i] for i in idx],
-        "grad_norm": [h["grad_norm"][i] for i in idx],
-        "theta": [h["theta"][i] for i in idx],
-        "kl_exact": {"step": r["kl_steps"], "value": r["kl_exact"]},
+        "step": [h["step"][i] for i in idx], "time": [g(h["time"][i]) for i in idx],
+        "particle_reward": [g(h["reward"][i]) for i in idx],
+        "exact_reward": [g(float(r["exact"][i])) for i in idx],
+        "kl_estimate": [g(h["kl"][i]) for i in idx],
+        "grad_norm": [g(h["grad_norm"][i]) for i in idx],
+        "theta": [[g(v) for v in h["theta"][i]] for i in idx],
+        "kl_exact": {"step": r["kl_steps"], "value": [g(v) for v in r["kl_exact"]]},
     }
 
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or 1)
     bench = _config(args)
-    out = Path(args.out) / "langevin"
+    out = Path(args.out) / "langevin" / ("quick" if args.quick else "")  # keep full results
     out.mkdir(parents=True, exist_ok=True)
     theta0 = torch.tensor(HEXAGON_THETA_INIT)
     common = {"step_size": bench.step_size, "lr": bench.lr, "n_particles": bench.n_particles}
@@ -252,7 +254,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # speed: time for the single loop to reach each baseline's final exact reward, with the
     # times of the runs themselves and with per-step costs timed in alternation
-    ms = _interleaved_ms(plan, theta0, bench)
+    ms = _interleaved_ms(plan, theta0, bench, rounds=3 if args.quick else 5)
     imp = runs[0]
     for r, row in zip(runs, rows):
         row["interleaved ms / theta step"] = ms[r["name"]]
