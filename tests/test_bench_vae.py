@@ -1,0 +1,82 @@
+"""Smoke runs of `samplegrad bench vae`: table, JSON, plot, checkpoints reused on rerun."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from samplegrad.cli import main
+from samplegrad.data import write_idx
+from samplegrad.experiments.vae import smooth_curve, summarize
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _args(tmp_path, *extra):
+    return ["bench", "vae", "--quick", "--steps", "4", "--iwae-samples", "8", "--out",
+            str(tmp_path / "res"), "--checkpoints", str(tmp_path / "ck"), "--threads", "1",
+            *extra]
+
+
+def test_quick_digits_writes_table_json_plot_and_reuses_checkpoints(tmp_path, capsys):
+    argv = _args(tmp_path, "--estimators", "redge_exact", "rloo", "--seeds", "2")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| estimator" in out and "redge_exact" in out and "rloo" in out
+    res = tmp_path / "res" / "vae"
+    data = json.loads((res / "digits_20x10_quick.json").read_text())
+    assert {r["estimator"] for r in data["rows"]} == {"redge_exact", "rloo"}
+    assert len(data["runs"]) == 4 and data["settings"]["steps"] == 4
+    for r in data["runs"]:
+        assert np.isfinite([r["train_neg_elbo"], r["test_neg_elbo"], r["test_neg_iwae"]]).all()
+        # 20 binary-ish latents of 10 classes on 64 pixels: a loss in a sane range (nats)
+        assert 0 < r["test_neg_iwae"] < 64 * np.log(2) + 1
+    assert (res / "digits_20x10_quick.png").stat().st_size > 1000
+    assert "±" in (res / "digits_20x10_quick.md").read_text()
+    ckpts = sorted((tmp_path / "ck" / "digits_20x10_quick").glob("*.pt"))
+    assert len(ckpts) == 4
+    # a rerun reuses the finished runs: same numbers, no retraining (files untouched)
+    mtimes = [p.stat().st_mtime_ns for p in ckpts]
+    assert main(argv) == 0
+    again = json.loads((res / "digits_20x10_quick.json").read_text())
+    assert again["runs"] == data["runs"]
+    assert [p.stat().st_mtime_ns for p in ckpts] == mtimes
+
+
+def test_quick_fashion_on_tiny_idx_folder(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "fm"
+    folder.mkdir()
+    for stem, n in (("train", 40), ("t10k", 12)):
+        write_idx(folder / f"{stem}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", rng.integers(0, 10, n, dtype=np.uint8))
+    argv = _args(tmp_path, "--dataset", "fashion", "--data-root", str(folder),
+                 "--estimators", "gumbel_soft", "--test-subset", "5")
+    assert main(argv) == 0
+    data = json.loads((tmp_path / "res" / "vae" / "fashion_48x2_quick.json").read_text())
+    assert data["settings"]["config"] == "48x2" and data["settings"]["test_subset"] == 5
+    assert "dynamic binarization" in data["header"] and "first 5 test images" in data["header"]
+    assert np.isfinite(data["runs"][0]["test_neg_iwae"])
+
+
+def test_unknown_estimator_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="--estimators"):
+        main(_args(tmp_path, "--estimators", "nope"))
+
+
+def test_smooth_curve_and_summary():
+    curve = smooth_curve([float(i) for i in range(1, 101)], window=10, every=50)
+    assert curve == [[50, 45.5], [100, 95.5]]  # mean of steps 41..50 and 91..100
+    runs = [{"estimator": "a", "knobs": {"t1": 0.5}, "n_samples": 1, "train_neg_elbo": v,
+             "test_neg_elbo": v, "test_neg_iwae": v, "ms_per_step": 1.0} for v in (1.0, 3.0)]
+    rows = summarize(runs + [{**runs[0], "estimator": "b", "test_neg_iwae": 0.5}])
+    assert [r["estimator"] for r in rows] == ["b", "a"]
+    assert rows[1]["test −IWAE"] == "2.00 ± 1.41" and rows[1]["knobs"] == "t1=0.5"
