@@ -2,21 +2,11 @@
 
 import pytest
 import torch
+from test_discrete_model import TINY, _one_thread  # noqa: F401  (shared tiny config, fixture)
 
-from samplegrad.discrete import Denoiser, GuidanceConfig, MDMConfig, guided_logits, make_guide
+from samplegrad.discrete import Denoiser, GuidanceConfig, guided_logits, make_guide
 from samplegrad.discrete import sample as mdm_sample
 from samplegrad.experiments._estimators import bench_methods
-
-TINY = MDMConfig(vocab_size=3, seq_len=6, width=16, depth=1, heads=2, mlp_ratio=2)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids oversubscription on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def count_zeros(y):  # (S, B, L, V) -> (S, B): loss = number of token-0 positions

@@ -2,20 +2,10 @@
 
 import pytest
 import torch
+from test_discrete_model import TINY, _one_thread  # noqa: F401  (shared tiny config, fixture)
 
-from samplegrad.discrete import Denoiser, MDMConfig, sample, unmask_step
+from samplegrad.discrete import Denoiser, sample, unmask_step
 from samplegrad.discrete.tasks import sudoku_tokens
-
-TINY = MDMConfig(vocab_size=3, seq_len=6, width=16, depth=1, heads=2, mlp_ratio=2)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids oversubscription on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_unmask_step_carries_over():
