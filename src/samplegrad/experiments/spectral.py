@@ -17,6 +17,7 @@ done), ``summary.md`` with the tables, and PNG plots.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,7 +53,7 @@ class BenchConfig:
     max_active: int = 2
     deltas: tuple = (0.0, 0.1, 0.3, 1.0, 3.0)
     pg_dim: int = 16
-    pg_degree: int = 4
+    pg_degrees: tuple = (3, 4)
     phi4: tuple = ((-0.5, 0.5), (-2.0, 0.25))  # (m2, J) settings on a 4x4 lattice, g = 1
     phi4_degree: int = 4
     mala_chains: int = 1000
@@ -75,14 +76,18 @@ class BenchConfig:
 
 QUICK = dict(n_train=1500, n_eval=600, score_times=(0.01, 0.1, 1.0), gmm_dims=(1, 2, 5),
              gmm_degrees={1: (2, 6), 2: (2, 4), 5: (2, 3)}, deltas=(0.0, 1.0), pg_dim=4,
-             pg_degree=3, phi4=((-0.5, 0.5),), phi4_degree=3, mala_chains=300, mala_burn=300,
+             pg_degrees=(3,), phi4=((-0.5, 0.5),), phi4_degree=3, mala_chains=300, mala_burn=300,
              mala_thin=5, digits_pcs=8, digits_degree=2, fashion_pcs=0, neural_steps=150,
              neural_hidden=64, neural_layers=2, sample_steps=40, n_times=12)
 
 
+ALL_SECTIONS = ("gmm", "perturbed", "phi4", "digits", "fashion")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sections", default="gmm,perturbed,phi4,digits,fashion",
-                   help="comma-separated subset of gmm,perturbed,phi4,digits,fashion")
+    p.add_argument("--sections", default=",".join(ALL_SECTIONS),
+                   help="comma-separated subset of " + ",".join(ALL_SECTIONS)
+                   + " (a subset updates those sections in the existing JSON)")
     p.add_argument("--neural-steps", type=int, default=None, help="DSM training steps")
 
 
@@ -176,7 +181,11 @@ def perturbed_section(cfg: BenchConfig, seed: int) -> dict[str, Any]:
             evals[t] = s * x0 + math.sqrt(1 - s * s) * torch.randn(x0.shape, dtype=x0.dtype,
                                                                      generator=g)
         truth = {t: target.ou_score(x, t, n_grid=2001) for t, x in evals.items()}
-        for name, m in _models(cfg, data, cfg.pg_degree, seed).items():
+        models = {f"spectral D={D}": _spectral(cfg, data, D) for D in cfg.pg_degrees}
+        top = max(cfg.pg_degrees)
+        models[f"perturbative D={top}"] = _spectral(cfg, data, top, method="perturbative")
+        models["neural DSM"] = _neural(cfg, data, seed)
+        for name, m in models.items():
             err_rows.append({"delta": delta, "model": name, "fit (s)": m.info["fit_seconds"],
                              **{f"err t={t}": relative_score_error(m.score(x, t), truth[t])
                                 for t, x in evals.items()}})
@@ -292,19 +301,20 @@ def _plot_errors(res: dict[str, Any], out: Path, times: tuple) -> None:
     plt = _plt()
     if "gmm" in res:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        dims = sorted({r["d"] for r in res["gmm"]["score_error"]})
+        colors = {d: plt.cm.viridis(i / max(1, len(dims) - 1)) for i, d in enumerate(dims)}
         for r in res["gmm"]["score_error"]:
             style = {"spectral": "-", "perturbative": ":", "neural DSM": "--"}
             ls = next(v for k, v in style.items() if r["model"].startswith(k))
             axes[0].plot(times, [r[f"err t={t}"] for t in times], ls, marker="o", ms=3,
-                         label=f"d={r['d']} {r['model']}")
+                         color=colors[r["d"]], label=f"d={r['d']} {r['model']}")
         axes[0].set(xscale="log", yscale="log", xlabel="t", ylabel="relative L2 score error",
                     title="Gaussian mixtures: error vs t")
         axes[0].legend(fontsize=5, ncol=2)
-        dims = sorted({r["d"] for r in res["gmm"]["basis_size"]})
         for d in dims:
             rr = [r for r in res["gmm"]["basis_size"] if r["d"] == d]
             axes[1].plot([r["K"] for r in rr], [r[f"err t={times[1]}"] for r in rr], "-o",
-                         ms=3, label=f"d={d}")
+                         ms=3, color=colors[d], label=f"d={d}")
         axes[1].set(xscale="log", yscale="log", xlabel="basis size K",
                     ylabel=f"score error at t={times[1]}", title="error vs basis size")
         axes[1].legend(fontsize=7)
@@ -339,16 +349,26 @@ def _ratios(rows: list[dict], key: str) -> list[dict]:
         floor = [r for n, r in grp.items() if "floor" in n]
         if not spec or "neural DSM" not in grp:
             continue
-        s, nn = spec[-1], grp["neural DSM"]
+        nn = grp["neural DSM"]
         noise = 2 * abs(floor[0]["energy"]) if floor else 0.0
-        diff = s["energy"] - nn["energy"]
-        verdict = "equal" if abs(diff) <= noise else ("spectral better" if diff < 0 else
-                                                       "neural better")
-        out.append({key: k, "spectral": s["model"], "fit time ratio (neural/spectral)":
-                    nn["fit (s)"] / s["fit (s)"], "energy spectral": s["energy"],
-                    "energy neural": nn["energy"], "SW2 spectral": s["SW2"],
-                    "SW2 neural": nn["SW2"], "energy noise": noise, "verdict": verdict})
+        for s in spec:
+            diff = s["energy"] - nn["energy"]
+            verdict = "equal" if abs(diff) <= noise else ("spectral better" if diff < 0 else
+                                                           "neural better")
+            out.append({key: k, "spectral": s["model"], "fit time ratio (neural/spectral)":
+                        nn["fit (s)"] / s["fit (s)"], "energy spectral": s["energy"],
+                        "energy neural": nn["energy"], "SW2 spectral": s["SW2"],
+                        "SW2 neural": nn["SW2"], "energy noise": noise, "verdict": verdict})
     return out
+
+
+def _section_markdown(name: str, section: dict[str, Any]) -> str:
+    parts = []
+    for key, rows in section.items():
+        if isinstance(rows, list) and rows:
+            title = "fit time and quality, spectral vs neural" if key == "ratios" else key
+            parts.append(f"### {name}: {title}\n\n{markdown_table(rows)}\n")
+    return "\n".join(parts)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -356,13 +376,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = BenchConfig(**(QUICK if args.quick else {}))
     if getattr(args, "neural_steps", None):
         cfg.neural_steps = args.neural_steps
-    sections = [s.strip() for s in getattr(args, "sections", "gmm,perturbed,phi4,digits,"
-                                           "fashion").split(",") if s.strip()]
+    sections = [s.strip() for s in getattr(args, "sections", ",".join(ALL_SECTIONS)).split(",")
+                if s.strip()]
     out = Path(args.out) / "spectral"
     out.mkdir(parents=True, exist_ok=True)
     path = out / ("spectral_quick.json" if args.quick else "spectral.json")
-    res: dict[str, Any] = {"config": asdict(cfg), "quick": bool(args.quick), "seed": args.seed,
-                           "threads": torch.get_num_threads()}
+    res: dict[str, Any] = {}
+    if path.exists() and set(sections) != set(ALL_SECTIONS):  # a partial rerun: merge
+        res = json.loads(path.read_text())
+    res.update({"config": asdict(cfg), "quick": bool(args.quick), "seed": args.seed,
+                "threads": torch.get_num_threads()})
     print("config:", asdict(cfg))
     runners = {"gmm": lambda: gmm_section(cfg, args.seed),
                "perturbed": lambda: perturbed_section(cfg, args.seed),
@@ -370,26 +393,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "digits": lambda: digits_section(cfg, args.seed, out),
                "fashion": lambda: fashion_section(cfg, args.seed, out)}
     train_dsm(torch.randn(64, 2), steps=5, show_progress=False)  # warm-up: first-call overheads
-    md = []
     for name in sections:
         if name not in runners:
             raise ValueError(f"unknown section {name!r}; choose from {', '.join(runners)}")
         with Timer() as tm:
             res[name] = runners[name]()
         res[name]["seconds"] = tm.seconds
-        for key, rows in res[name].items():
-            if isinstance(rows, list):
-                md.append(f"### {name}: {key}\n\n{markdown_table(rows)}\n")
-                print(md[-1])
         group = {"gmm": "d", "perturbed": "delta", "phi4": "target", "digits": "data",
                  "fashion": "data"}[name]
         if "quality" in res[name]:
             res[name]["ratios"] = _ratios(res[name]["quality"], group)
-            md.append(f"### {name}: fit time and quality, spectral vs neural\n\n"
-                      f"{markdown_table(res[name]['ratios'])}\n")
-            print(md[-1])
+        print(_section_markdown(name, res[name]))
         write_json(path, res)  # checkpoint after every section
     _plot_errors(res, out, cfg.score_times)
+    md = [_section_markdown(n, res[n]) for n in ALL_SECTIONS if n in res]
     (out / ("summary_quick.md" if args.quick else "summary.md")).write_text(
         f"Settings: {asdict(cfg)}\n\n" + "\n".join(md))
     return res
