@@ -155,3 +155,21 @@ def test_neural_baseline_learns_a_gaussian_score():
     truth = gm.ou_score(xt, 0.2)
     untrained = relative_score_error(-xt, truth)  # the network starts at the N(0, I) score
     assert relative_score_error(model.score(xt, 0.2), truth) < 0.5 * untrained
+
+
+def test_safe_extrapolation_clamps_only_the_correction():
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3000, 2, dtype=torch.float64, generator=g)
+    x = x + 0.3 * x.pow(2)  # skewed: a degree-3 fit has a nonzero cubic correction
+    model = fit(x, degree=3)
+    t = 0.01
+    far = torch.tensor([[40.0, -30.0]], dtype=torch.float64)
+    s, sig = math.exp(-t), math.sqrt(-math.expm1(-2 * t))
+    edge = torch.stack([s * model.hi[0] + 4 * sig, s * model.lo[1] - 4 * sig]).unsqueeze(0)
+    expected = -far + model.basis.grad_combination(edge, model.coefficients(t))
+    assert torch.allclose(model.latent_score(far, t), expected)
+    inside = x[:100]  # inside the box nothing changes
+    model.config.clamp_sigmas = 0.0
+    unclamped = model.latent_score(inside, t)
+    model.config.clamp_sigmas = 4.0
+    assert torch.allclose(model.latent_score(inside, t), unclamped)
