@@ -61,7 +61,7 @@ class BenchConfig:
     n_digits: int = 100
     target_digit: int = 3
     digits_steps: int = 16
-    digits_kl_weight: float = 0.1
+    digits_kl_weight: float = 1.0
     batch_size: int = 50
     knobs: dict[str, dict] = field(default_factory=dict)
 
