@@ -146,21 +146,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
 
 
-def _plot_losses(results: list[dict], path: Path) -> None:
+def _plot_losses(out_dir: Path, path: Path) -> None:
+    """Loss curves of every task whose ``train_mdm_TASK.json`` exists in ``out_dir``."""
+    import json
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for r in results:
-        losses = torch.tensor(r["losses"])
-        k = max(1, len(losses) // 100)
+    for task in TASKS:
+        f = out_dir / f"train_mdm_{task}.json"
+        if not f.exists():
+            continue
+        losses = torch.tensor(json.loads(f.read_text())["losses_every_10"])
+        k = max(1, len(losses) // 50)
         smooth = losses[: len(losses) // k * k].reshape(-1, k).mean(1)
-        ax.plot(torch.arange(len(smooth)) * k + k, smooth, label=r["task"])
+        ax.plot((torch.arange(len(smooth)) * k + k) * 10, smooth, label=task)
     ax.set_xlabel("step")
     ax.set_ylabel("masked-diffusion loss (nats/token)")
-    ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -187,5 +192,5 @@ def run(args: argparse.Namespace) -> dict:
     print()
     print(markdown_table(rows))
     if not args.quick:
-        _plot_losses(results, out_dir / "train_mdm_losses.png")
+        _plot_losses(out_dir, out_dir / "train_mdm_losses.png")
     return {"rows": rows}
