@@ -288,6 +288,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", action="store_true",
                    help="knob sweep (SWEEP) on a disjoint puzzle set (seed + 1000), default 4 "
                         "puzzles per difficulty, 300 and 1000 steps; writes sudoku/sweep.json")
+    p.add_argument("--tag", type=str, default="sudoku",
+                   help="output names: OUT/sudoku/TAG.json and TAG_solved.png")
     p.add_argument("--tuned", action="store_true",
                    help="use the best knobs of OUT/sudoku/sweep.json (from --sweep)")
 
@@ -363,7 +365,8 @@ def run(args: argparse.Namespace) -> dict:
         cfg = replace(cfg, knobs={**best, **cfg.knobs})
     names = list(cfg.methods) or bench_methods()
     out_dir = Path(args.out) / "sudoku"
-    json_path = out_dir / "sudoku.json"
+    tag = getattr(args, "tag", None) or "sudoku"
+    json_path = out_dir / f"{tag}.json"
     settings = asdict(cfg)
     settings["knobs"] = {n: method_knobs(n, cfg.knobs) for n in names}
     results: dict[str, Any] = {}
@@ -394,7 +397,7 @@ def run(args: argparse.Namespace) -> dict:
     print("\n" + markdown_table(times, digits=3))
     out = {"settings": settings, "results": results, "rows": rows, "times": times}
     write_json(json_path, out)
-    plot(results, cfg, out_dir / "sudoku_solved.png")
+    plot(results, cfg, out_dir / f"{tag}_solved.png")
     return out
 
 
