@@ -52,23 +52,23 @@ def test_evaluate_counts_a_solved_puzzle(puzzles):
 
 def test_straight_through_solves_an_easy_puzzle():
     puz, _ = S.generate_puzzles(1, seed=0, difficulty="easy")
-    # (first solved at step 155 with this seed; measured once, the budget leaves a margin)
-    cfg = B.SudokuConfig(n_puzzles=1, difficulties=("easy",), budgets=(250,), eval_draws=0,
-                         eval_every=50)
+    # (first solved at step 140-170 over seeds 0-2; measured once, the budget leaves a margin)
+    cfg = B.SudokuConfig(n_puzzles=1, difficulties=("easy",), budgets=(200,), eval_draws=0,
+                         eval_every=100)
     r = B.run_method("straight_through", puz, {"easy": torch.arange(1)}, cfg)
-    assert r["budgets"]["250"]["solved"]["easy"] == 1.0
-    assert 0 < r["first_solved"][0] <= 250
+    assert r["budgets"]["200"]["solved"]["easy"] == 1.0
+    assert 0 < r["first_solved"][0] <= 200
 
 
 def test_cli_quick_smoke_writes_json_and_plot(tmp_path, capsys):
     argv = ["bench", "sudoku", "--quick", "--out", str(tmp_path), "--n-puzzles", "1",
-            "--budgets", "2,4", "--methods", "redge,gumbel_hard,rloo", "--threads", "1"]
+            "--budgets", "2,4", "--methods", "redge,rloo", "--threads", "1"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "| estimator" in out and "solved medium" in out
     data = json.loads((tmp_path / "sudoku" / "sudoku.json").read_text())
-    assert set(data["results"]) == {"redge", "gumbel_hard", "rloo"}
-    assert len(data["rows"]) == 6 and data["settings"]["budgets"] == [2, 4]
+    assert set(data["results"]) == {"redge", "rloo"}
+    assert len(data["rows"]) == 4 and data["settings"]["budgets"] == [2, 4]
     assert (tmp_path / "sudoku" / "sudoku_solved.png").stat().st_size > 0
     # --resume with the same settings reuses the stored estimators
     assert main(argv + ["--resume"]) == 0

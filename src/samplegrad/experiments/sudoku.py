@@ -255,11 +255,11 @@ def plot(results: dict[str, Any], cfg: SudokuConfig, path: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(cfg.difficulties), figsize=(4.2 * len(cfg.difficulties), 3.6),
                              sharey=True, squeeze=False)
-    cmap = plt.get_cmap("tab20")
+    cmap = plt.get_cmap("tab10")
     for ax, d in zip(axes[0], cfg.difficulties):
         for i, (name, r) in enumerate(results.items()):
-            ax.plot(r["curve"]["step"], r["curve"][d], label=name, color=cmap(i % 20),
-                    ls="--" if name.startswith(("reinforce", "rloo")) else "-")
+            ax.plot(r["curve"]["step"], r["curve"][d], label=name, color=cmap(i % 10),
+                    ls=("-", "--", ":")[i // 10 % 3])
         ax.set_title(f"{d} ({S.DIFFICULTY_CLUES[d]} clues)")
         ax.set_xlabel("Adam step")
         ax.set_xscale("log")
