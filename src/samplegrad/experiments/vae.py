@@ -194,13 +194,14 @@ def plot_curves(results: list[dict[str, Any]], title: str, path: Path) -> Path:
     for r in results:
         by.setdefault(r["estimator"], []).append(r["curve"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, curves in sorted(by.items()):
+    colors = plt.get_cmap("tab20").colors
+    for i, (name, curves) in enumerate(sorted(by.items())):
         n = min(len(c) for c in curves)
         if n == 0:
             continue
         steps = [c[0] for c in curves[0][:n]]
-        mean = [statistics.fmean(c[i][1] for c in curves) for i in range(n)]
-        ax.plot(steps, mean, label=name, lw=1.2,
+        mean = [statistics.fmean(c[j][1] for c in curves) for j in range(n)]
+        ax.plot(steps, mean, label=name, lw=1.2, color=colors[(2 * i) % 20 + (i >= 10)],
                 ls="--" if name in ("reinforce", "rloo") else "-")
     ax.set_xlabel("step")
     ax.set_ylabel("training −ELBO per datapoint (nats, moving avg 50)")
