@@ -101,8 +101,8 @@ def _interleaved_ms(plan: list, theta0: torch.Tensor, bench: LangevinBenchConfig
         states[name] = init(mixture_potential, theta0, cfg, dim=2, seed=bench.seed, **kw)
         states[name], _ = fn(states[name], mixture_potential, hexagon_reward, cfg)  # warm-up
     for _ in range(rounds):
-        for name, fn, cfg, _, _, inner in plan:
-            k = max(1, 100 // inner)
+        for name, fn, cfg, n_steps, _, inner in plan:
+            k = max(1, min(100, n_steps) // inner)  # ~100 Langevin steps per method and round
             t0 = time.perf_counter()
             for _ in range(k):
                 states[name], _ = fn(states[name], mixture_potential, hexagon_reward, cfg)
