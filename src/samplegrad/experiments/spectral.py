@@ -67,6 +67,7 @@ class BenchConfig:
     n_times: int = 24            # spectral time grid
     ridge: float = 1e-8
     neural_steps: int = 2000
+    budget_steps: tuple = (50, 100, 250, 500, 1000, 2000)  # neural budgets, section "budget"
     neural_hidden: int = 128
     neural_layers: int = 3
     sample_steps: int = 100
@@ -78,10 +79,11 @@ QUICK = dict(n_train=1500, n_eval=600, score_times=(0.01, 0.1, 1.0), gmm_dims=(1
              gmm_degrees={1: (2, 6), 2: (2, 4), 5: (2, 3)}, deltas=(0.0, 1.0), pg_dim=4,
              pg_degrees=(3,), phi4=((-0.5, 0.5),), phi4_degree=3, mala_chains=300, mala_burn=300,
              mala_thin=5, digits_pcs=8, digits_degree=2, fashion_pcs=0, neural_steps=150,
+             budget_steps=(50, 150),
              neural_hidden=64, neural_layers=2, sample_steps=40, n_times=12)
 
 
-ALL_SECTIONS = ("gmm", "perturbed", "phi4", "digits", "fashion")
+ALL_SECTIONS = ("gmm", "perturbed", "phi4", "digits", "fashion", "budget")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -272,6 +274,53 @@ def fashion_section(cfg: BenchConfig, seed: int, out: Path) -> dict[str, Any]:
                           seed)
 
 
+# ---- 5. neural training budget ------------------------------------------------------------
+def budget_section(cfg: BenchConfig, seed: int) -> dict[str, Any]:
+    """Is the fit-time ratio fair? Neural DSM at several step budgets against one spectral fit:
+    the smallest budget whose energy distance is within the noise of the spectral one."""
+    g = torch.Generator().manual_seed(seed + 11)
+    gm = random_mixture(5, cfg.gmm_components, cfg.gmm_separation, seed=seed + 5)
+    pg = PerturbedGaussian(cfg.pg_dim, 1.0)
+    phi = Phi4Lattice(4, J=cfg.phi4[0][1], m2=cfg.phi4[0][0], g=1.0)
+    n_phi = cfg.n_train + 2 * cfg.n_eval
+    phi_all = reference_samples(phi, n_phi, seed=seed, n_chains=cfg.mala_chains,
+                                n_burn=cfg.mala_burn, thin=cfg.mala_thin)
+    phi_all = phi_all[torch.randperm(n_phi, generator=torch.Generator().manual_seed(seed))]
+    problems = {  # name: (train, reference, second reference, degree, whiten)
+        "GMM d=5": (gm.sample(cfg.n_train, g), gm.sample(cfg.n_eval, g),
+                    gm.sample(cfg.n_eval, g), max(cfg.gmm_degrees.get(5, (3,))), "none"),
+        f"perturbed d={cfg.pg_dim} delta=1": (pg.sample(cfg.n_train, g), pg.sample(cfg.n_eval, g),
+                                              pg.sample(cfg.n_eval, g), min(cfg.pg_degrees),
+                                              "none"),
+        "phi4 " + f"m2={phi.m2} J={phi.J}": (phi_all[:cfg.n_train],
+                                             phi_all[cfg.n_train:cfg.n_train + cfg.n_eval],
+                                             phi_all[cfg.n_train + cfg.n_eval:],
+                                             cfg.phi4_degree, "zca"),
+    }
+    rows, summary = [], []
+    for name, (data, ref, ref2, degree, whiten) in progress(problems.items(), desc="budget"):
+        spec = _quality_row(cfg, f"spectral D={degree}", _spectral(cfg, data, degree, whiten),
+                            ref, seed, target=name)
+        floor = _floor_row(ref2, ref, seed, target=name)
+        rows += [spec, floor]
+        noise = 2 * abs(floor["energy"])
+        match = None
+        for steps in cfg.budget_steps:
+            m = train_dsm(data, steps=steps, hidden=cfg.neural_hidden, layers=cfg.neural_layers,
+                          whiten=whiten, seed=seed, t_min=cfg.t_min, t_max=10.0)
+            r = _quality_row(cfg, f"neural DSM {steps} steps", m, ref, seed, target=name)
+            rows.append(r)
+            if match is None and r["energy"] <= spec["energy"] + noise:
+                match = r
+        summary.append({"target": name, "spectral": spec["model"], "spectral fit (s)":
+                        spec["fit (s)"], "neural steps to match": match["model"].split()[2]
+                        if match else f"> {max(cfg.budget_steps)}",
+                        "neural fit (s) at match": match["fit (s)"] if match else math.nan,
+                        "time ratio at match": match["fit (s)"] / spec["fit (s)"] if match
+                        else math.nan})
+    return {"quality": rows, "match": summary}
+
+
 # ---- plots --------------------------------------------------------------------------------
 def _plt():
     import matplotlib
@@ -391,7 +440,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "perturbed": lambda: perturbed_section(cfg, args.seed),
                "phi4": lambda: phi4_section(cfg, args.seed),
                "digits": lambda: digits_section(cfg, args.seed, out),
-               "fashion": lambda: fashion_section(cfg, args.seed, out)}
+               "fashion": lambda: fashion_section(cfg, args.seed, out),
+               "budget": lambda: budget_section(cfg, args.seed)}
     train_dsm(torch.randn(64, 2), steps=5, show_progress=False)  # warm-up: first-call overheads
     for name in sections:
         if name not in runners:
@@ -400,8 +450,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res[name] = runners[name]()
         res[name]["seconds"] = tm.seconds
         group = {"gmm": "d", "perturbed": "delta", "phi4": "target", "digits": "data",
-                 "fashion": "data"}[name]
-        if "quality" in res[name]:
+                 "fashion": "data", "budget": None}[name]
+        if "quality" in res[name] and group:
             res[name]["ratios"] = _ratios(res[name]["quality"], group)
         print(_section_markdown(name, res[name]))
         write_json(path, res)  # checkpoint after every section
