@@ -20,18 +20,27 @@ def test_bad_image_shapes_raise(bad):
         brightness(bad)
 
 
-def test_classifier_is_cached_accurate_and_normalized(tmp_path):
-    clf = digit_classifier(tmp_path, seed=0)
-    assert (tmp_path / "digit_classifier_seed0.pt").exists()
+@pytest.fixture
+def one_thread():
+    # small matmuls: a second thread only adds synchronization (and stalls on a loaded box)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_classifier_is_cached_accurate_and_normalized(tmp_path, one_thread):
+    clf = digit_classifier(tmp_path, seed=0, steps=300)  # short training (default: 1500)
+    assert (tmp_path / "digit_classifier_seed0_steps300.pt").exists()
     x, y = load_digits("test")
     xb, _ = load_digits("test", binarize=True)
     with torch.no_grad():
         acc = (clf(x).argmax(-1) == y).float().mean().item()
         acc_bin = (clf(xb).argmax(-1) == y).float().mean().item()
-    # held-out (359 images); chance is 0.1
+    # held-out (359 images); chance is 0.1; measured 0.967 / 0.930 with 300 steps
     assert acc > 0.9 and acc_bin > 0.85
     assert acc == pytest.approx(clf.accuracy["test"])
-    again = digit_classifier(tmp_path, seed=0)  # reloaded from the file, same function
+    again = digit_classifier(tmp_path, seed=0, steps=300)  # reloaded from the file
     with torch.no_grad():
         torch.testing.assert_close(again(x), clf(x))
         lp = torch.stack([digit_log_prob(clf, x[:5], d) for d in range(10)], -1)

@@ -20,6 +20,7 @@ from samplegrad.data import load_digits
 __all__ = ["DigitMLP", "brightness", "digit_classifier", "digit_log_prob", "train_classifier"]
 
 _HIDDEN = 128
+_STEPS = 1500
 
 
 def _check_images(x: Tensor, name: str = "x") -> None:
@@ -64,7 +65,7 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return (model(x).argmax(-1) == y).float().mean().item()
 
 
-def train_classifier(*, seed: int = 0, steps: int = 1500, batch_size: int = 256,
+def train_classifier(*, seed: int = 0, steps: int = _STEPS, batch_size: int = 256,
                      lr: float = 3e-3, hidden: int = _HIDDEN) -> DigitMLP:
     """Train a ``DigitMLP`` on the train split (deterministic for a given ``seed``)."""
     if steps < 1:
@@ -89,13 +90,16 @@ def train_classifier(*, seed: int = 0, steps: int = 1500, batch_size: int = 256,
     return model
 
 
-def digit_classifier(cache_dir: str | Path = "checkpoints", seed: int = 0) -> DigitMLP:
+def digit_classifier(cache_dir: str | Path = "checkpoints", seed: int = 0,
+                     steps: int = _STEPS) -> DigitMLP:
     """The cached digit classifier (trained on first use, a few seconds; eval mode).
 
-    The weights live in ``cache_dir/digit_classifier_seed{seed}.pt``; a present file is
-    reloaded. ``.accuracy`` holds the held-out accuracies measured when it was trained.
+    The weights live in ``cache_dir/digit_classifier_seed{seed}.pt`` (``..._steps{steps}.pt``
+    for a non-default number of training steps); a present file is reloaded. ``.accuracy``
+    holds the held-out accuracies measured when it was trained.
     """
-    path = Path(cache_dir) / f"digit_classifier_seed{seed}.pt"
+    tag = "" if steps == _STEPS else f"_steps{steps}"
+    path = Path(cache_dir) / f"digit_classifier_seed{seed}{tag}.pt"
     if path.exists():
         blob = torch.load(path, map_location="cpu", weights_only=True)
         model = DigitMLP(int(blob["hidden"]))
@@ -103,7 +107,7 @@ def digit_classifier(cache_dir: str | Path = "checkpoints", seed: int = 0) -> Di
         model.accuracy = {k: float(v) for k, v in blob["accuracy"].items()}
         model.eval()
         return model
-    model = train_classifier(seed=seed)
+    model = train_classifier(seed=seed, steps=steps)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
     torch.save({"state_dict": model.state_dict(), "hidden": _HIDDEN,
