@@ -66,13 +66,13 @@ def test_cli_quick_smoke_writes_json_and_plot(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "| estimator" in out and "solved medium" in out
-    data = json.loads((tmp_path / "sudoku" / "sudoku.json").read_text())
+    data = json.loads((tmp_path / "sudoku" / "sudoku_quick.json").read_text())
     assert set(data["results"]) == {"redge", "rloo"}
     assert len(data["rows"]) == 4 and data["settings"]["budgets"] == [2, 4]
-    assert (tmp_path / "sudoku" / "sudoku_solved.png").stat().st_size > 0
+    assert (tmp_path / "sudoku" / "sudoku_quick_solved.png").stat().st_size > 0
     # --resume with the same settings reuses the stored estimators
     assert main(argv + ["--resume"]) == 0
-    again = json.loads((tmp_path / "sudoku" / "sudoku.json").read_text())
+    again = json.loads((tmp_path / "sudoku" / "sudoku_quick.json").read_text())
     assert again["results"]["redge"]["curve"] == data["results"]["redge"]["curve"]
 
 

@@ -11,6 +11,12 @@ gradient is not drowned in the other puzzles' noise (``--sf-joint`` feeds them t
 Headline metric: fraction of puzzles whose argmax grid is a valid solution agreeing with the
 clues, at several step budgets. Also reported: mean violations of the argmax grid and the
 probability that one sampled grid solves the puzzle (mean over draws).
+
+Commands (results under ``results/sudoku/``)::
+
+    samplegrad bench sudoku --sweep --threads 1   # knob sweep on a disjoint set -> sweep.json
+    samplegrad bench sudoku --tuned --threads 1   # 3 x 34 puzzles, 1000 steps -> sudoku.json
+    samplegrad bench sudoku --quick               # 3 x 4 puzzles, 100 steps -> sudoku_quick.json
 """
 
 from __future__ import annotations
@@ -288,8 +294,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", action="store_true",
                    help="knob sweep (SWEEP) on a disjoint puzzle set (seed + 1000), default 4 "
                         "puzzles per difficulty, 300 and 1000 steps; writes sudoku/sweep.json")
-    p.add_argument("--tag", type=str, default="sudoku",
-                   help="output names: OUT/sudoku/TAG.json and TAG_solved.png")
+    p.add_argument("--tag", type=str, default=None,
+                   help="output names: OUT/sudoku/TAG.json and TAG_solved.png "
+                        "(default sudoku; quick: sudoku_quick)")
     p.add_argument("--tuned", action="store_true",
                    help="use the best knobs of OUT/sudoku/sweep.json (from --sweep)")
 
@@ -320,7 +327,7 @@ def _score(r: dict[str, Any], budget: int) -> tuple[float, float]:
     return mean(m["solved"]), -mean(m["violations"])
 
 
-def sweep(cfg: SudokuConfig, out_dir: Path) -> dict[str, Any]:
+def sweep(cfg: SudokuConfig, out_dir: Path, tag: str = "sweep") -> dict[str, Any]:
     """Run every knob setting of :data:`SWEEP` on puzzles of seed ``cfg.seed + 1000`` (not
     the benchmark's); best = most solved at the last budget, then fewest violations."""
     cfg = SudokuConfig(**{**asdict(cfg), "seed": cfg.seed + 1000, "eval_draws": 0})
@@ -341,7 +348,7 @@ def sweep(cfg: SudokuConfig, out_dir: Path) -> dict[str, Any]:
                 row[f"viol {d}"] = r["budgets"][str(last)]["violations"][d]
             rows.append(row)
         best[name] = max(scored, key=lambda sk: sk[0])[1]
-        write_json(out_dir / "sweep.json", {"settings": asdict(cfg), "rows": rows, "best": best,
+        write_json(out_dir / f"{tag}.json", {"settings": asdict(cfg), "rows": rows, "best": best,
                                             "runs": runs})
     print(f"Knob sweep: {len(puzzles)} puzzles (seed {cfg.seed}), {last} steps, "
           f"lr {cfg.lr}, {cfg.n_samples} samples/step\n")
@@ -357,7 +364,7 @@ def run(args: argparse.Namespace) -> dict:
         cfg = replace(cfg, n_puzzles=getattr(args, "n_puzzles", None) or (1 if args.quick else 4),
                       budgets=cfg.budgets if getattr(args, "budgets", None) else
                       ((30,) if args.quick else (300, 1000)))
-        return sweep(cfg, Path(args.out) / "sudoku")
+        return sweep(cfg, Path(args.out) / "sudoku", "sweep_quick" if args.quick else "sweep")
     if getattr(args, "tuned", False):
         import json
 
@@ -365,7 +372,7 @@ def run(args: argparse.Namespace) -> dict:
         cfg = replace(cfg, knobs={**best, **cfg.knobs})
     names = list(cfg.methods) or bench_methods()
     out_dir = Path(args.out) / "sudoku"
-    tag = getattr(args, "tag", None) or "sudoku"
+    tag = getattr(args, "tag", None) or ("sudoku_quick" if args.quick else "sudoku")
     json_path = out_dir / f"{tag}.json"
     settings = asdict(cfg)
     settings["knobs"] = {n: method_knobs(n, cfg.knobs) for n in names}
