@@ -232,6 +232,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=None, help="comma list (default: all + unguided)")
     p.add_argument("--n-puzzles", type=int, default=None)
     p.add_argument("--n-digits", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a BenchConfig field, e.g. --set sudoku_steps=41")
+    p.add_argument("--tag", default="", help="suffix of the output files (ablations)")
+
+
+def _suffix(args: argparse.Namespace) -> str:
+    return ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
+
+
+def _override(cfg: BenchConfig, items: list[str]) -> BenchConfig:
+    """Apply ``FIELD=VALUE`` overrides (ints, floats, bools, strings, comma tuples)."""
+    changes: dict = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in BenchConfig.__dataclass_fields__ or name == "knobs":
+            raise SystemExit(f"--set wants FIELD=VALUE with a BenchConfig field; got {item!r}")
+        old = getattr(cfg, name)
+        if isinstance(old, bool):
+            changes[name] = value.lower() in ("1", "true", "yes")
+        elif isinstance(old, tuple):
+            changes[name] = tuple(v for v in value.split(",") if v)
+        else:
+            changes[name] = type(old)(value)
+    return replace(cfg, **changes)
 
 
 def _checkpoint(ckpt_dir: Path, task: str, stage: str, quick: bool) -> Path:
@@ -257,10 +281,11 @@ def run(args: argparse.Namespace) -> dict:
         cfg = replace(cfg, n_puzzles=args.n_puzzles)
     if args.n_digits:
         cfg = replace(cfg, n_digits=args.n_digits)
+    cfg = _override(cfg, args.set)
     methods = list(cfg.methods) or [UNGUIDED, *bench_methods()]
     tasks = args.tasks.split(",")
     out_dir = args.out / "guidance"
-    suffix = "_quick" if args.quick else ""
+    suffix = _suffix(args)
     knobs = {m: {**default_knobs(m), **cfg.knobs.get(m, {})} for m in methods if m != UNGUIDED}
     settings = {"bench": asdict(cfg), "estimator_knobs": knobs, "seed": args.seed,
                 "threads": torch.get_num_threads()}
@@ -272,7 +297,7 @@ def run(args: argparse.Namespace) -> dict:
         path = out_dir / f"guidance_{task}{suffix}.json"
         write_json(path, {"settings": settings, "rows": rows, "complete": True,
                           "peak_rss_mb": peak_rss_mb()})
-        if not args.quick:
+        if not suffix:
             _write_plots(rows, plots, cfg, task, out_dir, puzzles)
         result["rows"] += rows
     return result
@@ -290,7 +315,7 @@ def _warm_up(methods: list[str]) -> None:
 
 def _run_task(task: str, cfg: BenchConfig, methods: list[str], args: argparse.Namespace,
               settings: dict) -> tuple[list[dict], dict, torch.Tensor | None]:
-    suffix = "_quick" if args.quick else ""
+    suffix = _suffix(args)
     path = args.out / "guidance" / f"guidance_{task}{suffix}.json"
     puzzles = classifier = None
     if task == "sudoku":
