@@ -2,7 +2,7 @@
 
 Two tasks: Sudoku solutions (``random_solutions``, 81 tokens, vocabulary 9 + [MASK]) and
 binarized 8x8 digits (``load_digits("train", binarize=True)``, 64 tokens, vocabulary
-2 + [MASK]). Checkpoints go to ``CKPT_DIR/TASK/{early,middle,final}.pt`` at fixed fractions
+2 + [MASK]). Checkpoints go to ``CKPT_DIR/TASK/{weak,early,middle,final}.pt`` at fixed fractions
 of the run, and ``last.pt`` every ``--ckpt-every`` steps; a rerun resumes from ``last.pt``
 (model, optimizer, RNG, losses), so an interrupt loses at most ``--ckpt-every`` steps.
 Each stage is evaluated (held-out loss; Sudoku: validity of unconditional samples) and the
@@ -30,7 +30,7 @@ from samplegrad.discrete import (
 from samplegrad.discrete.tasks import digit_tokens, sudoku_grid, sudoku_tokens
 from samplegrad.experiments._common import Timer, markdown_table, progress, write_json
 
-STAGES: dict[str, float] = {"early": 0.2, "middle": 0.35, "final": 1.0}
+STAGES: dict[str, float] = {"weak": 0.03, "early": 0.2, "middle": 0.35, "final": 1.0}
 TASKS = ("sudoku", "digits")
 
 
