@@ -61,7 +61,7 @@ def defaults(dataset: str, quick: bool) -> Settings:
     if dataset == "digits":
         s = Settings()
         if quick:
-            s = replace(s, steps=150, seeds=1, iwae_samples=200, elbo_samples=10)
+            s = replace(s, steps=300, seeds=1, iwae_samples=200, elbo_samples=10)
     elif dataset == "fashion":
         s = Settings(dataset="fashion", config="48x2", steps=1000, seeds=1, batch_size=200,
                      lr=5e-4, hidden=(512, 256), test_subset=500, elbo_samples=5)
