@@ -14,15 +14,6 @@ from samplegrad.diffusion import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny networks: a second thread only adds synchronization (and stalls on a loaded box)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_full_schedule_is_ddpm_and_strided_schedule_is_consistent():
     ab = linear_alpha_bars(1000)
     betas = 1 - ab / torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_discrete_model import TINY, _one_thread  # noqa: F401  (shared tiny config, fixture)
+from test_discrete_model import TINY
 
 from samplegrad.discrete import Denoiser, GuidanceConfig, guided_logits, make_guide
 from samplegrad.discrete import sample as mdm_sample

@@ -17,15 +17,6 @@ from samplegrad.discrete.tasks import digit_tokens, sudoku_grid, sudoku_tokens
 TINY = MDMConfig(vocab_size=3, seq_len=6, width=16, depth=1, heads=2, mlp_ratio=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids oversubscription on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_logits_shape_and_no_mask_class():
     model = Denoiser(TINY)
     x = torch.tensor([[0, 1, 2, 3, 3, 0]])

@@ -19,15 +19,6 @@ from samplegrad.implicit.finetune import (
 D = 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny networks: a second thread only adds synchronization (and stalls on a loaded box)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(dtype=torch.float64, seed=0):
     torch.manual_seed(seed)
     m = EpsMLP(dim=D, hidden=16, n_blocks=2, temb_dim=8).to(dtype)

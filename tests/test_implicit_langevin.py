@@ -40,15 +40,6 @@ from samplegrad.tasks.mixtures import (
 DT = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread is faster and immune to oversubscribed CI cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gauss_potential(x, theta):
     """V(x, theta) = ||x - theta||^2 / 2: pi_theta = N(theta, I), normalizer free of theta."""
     return 0.5 * (x - theta).pow(2).sum(-1)

@@ -11,15 +11,6 @@ from samplegrad.spectral.basis import HermiteBasis, basis_size
 from samplegrad.spectral.hermite import hermite_table, linearization_table
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small ops: one thread is faster than two on a loaded machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _gauss(n):
     z, w = np.polynomial.hermite_e.hermegauss(n)
     return torch.tensor(z), torch.tensor(w / w.sum())

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-from test_spectral_basis import _one_thread  # noqa: F401  (autouse fixture)
 
 from samplegrad.spectral import (
     GaussianMixture,

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import torch
-from test_spectral_basis import _one_thread  # noqa: F401  (autouse fixture)
 
 from samplegrad.spectral.basis import HermiteBasis
 from samplegrad.spectral.system import gram_terms, ou_expectation, rhs, solve_system

@@ -20,16 +20,7 @@ def test_bad_image_shapes_raise(bad):
         brightness(bad)
 
 
-@pytest.fixture
-def one_thread():
-    # small matmuls: a second thread only adds synchronization (and stalls on a loaded box)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def test_classifier_is_cached_accurate_and_normalized(tmp_path, one_thread):
+def test_classifier_is_cached_accurate_and_normalized(tmp_path):
     clf = digit_classifier(tmp_path, seed=0, steps=300)  # short training (default: 1500)
     assert (tmp_path / "digit_classifier_seed0_steps300.pt").exists()
     x, y = load_digits("test")
