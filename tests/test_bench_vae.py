@@ -4,19 +4,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from samplegrad.cli import main
 from samplegrad.data import write_idx
 from samplegrad.experiments.vae import smooth_curve, summarize
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _args(tmp_path, *extra):

@@ -28,16 +28,6 @@ from samplegrad.tasks.vae import (
     training_loss,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread avoids thread hand-offs on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = VAEConfig(n_pixels=4, n_latent=2, n_classes=3, hidden=(8,))
 
 

@@ -90,13 +90,14 @@ class Timer:
 
 
 @contextlib.contextmanager
-def saved_tensor_bytes() -> Iterator[dict[str, int]]:
+def saved_tensor_bytes(exclude: Iterable[torch.Tensor] = ()) -> Iterator[dict[str, int]]:
     """Count the bytes autograd saves for backward inside the block (its graph memory).
 
     ``with saved_tensor_bytes() as m: loss = f(x)`` then ``m["bytes"]``. Tensors saved
-    twice (same storage) are counted once.
+    twice (same storage) are counted once; storages of ``exclude`` (e.g. a network's
+    weights, which every linear layer saves but which cost no extra memory) are not counted.
     """
-    seen: set[int] = set()
+    seen: set[int] = {t.untyped_storage().data_ptr() for t in exclude}
     stats = {"bytes": 0}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -122,3 +123,16 @@ def seed_all(seed: int) -> torch.Generator:
     """Seed torch's global RNG and return a fresh generator with the same seed."""
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110, tight: bool = True) -> Path:
+    """Lay out (``tight``), write and close a matplotlib figure; creates the folder."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    if tight:
+        fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

@@ -28,10 +28,9 @@ same settings skips the runs already there.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing as mp
 import resource
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from samplegrad.experiments._common import (
     Timer,
     markdown_table,
     progress,
+    save_figure,
     saved_tensor_bytes,
     write_json,
 )
@@ -193,27 +193,6 @@ def run_method(method: str, model, ref_params, sched, reward_fn, cfg: FinetuneCo
     return state.params, meas, trace
 
 
-@contextlib.contextmanager
-def _saved_activation_bytes(weights: list[Tensor]) -> Iterator[dict[str, int]]:
-    """Bytes autograd saves inside the block, not counting the storages of ``weights``.
-
-    (``_common.saved_tensor_bytes`` counts everything; the weights are saved by every
-    linear layer but are no extra memory, and would hide the activations at small N.)
-    """
-    seen = {w.untyped_storage().data_ptr() for w in weights}
-    stats = {"bytes": 0}
-
-    def pack(t: Tensor) -> Tensor:
-        key = t.untyped_storage().data_ptr()
-        if key not in seen:
-            seen.add(key)
-            stats["bytes"] += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield stats
-
-
 def measure_memory(method, state, model, ref_params, sched, reward_fn, cfg) -> dict:
     """Autograd graph bytes of one gradient and the method's state bytes (see module doc)."""
     n = cfg.pop_size
@@ -227,7 +206,7 @@ def measure_memory(method, state, model, ref_params, sched, reward_fn, cfg) -> d
             with saved_tensor_bytes() as m:
                 adjoint_step(model, state.params, ref_params, path[j + 1], j, a, sched,
                              cfg.kl_weight / n)
-            with _saved_activation_bytes(weights) as m2:
+            with saved_tensor_bytes(exclude=weights) as m2:
                 adjoint_step(model, state.params, ref_params, path[j + 1], j, a, sched,
                              cfg.kl_weight / n)
             graph, acts = max(graph, m["bytes"]), max(acts, m2["bytes"])
@@ -238,7 +217,7 @@ def measure_memory(method, state, model, ref_params, sched, reward_fn, cfg) -> d
             loss, _ = unrolled_loss(model, state.params, ref_params, noise, sched, reward_fn,
                                     cfg.kl_weight)
         del loss
-        with _saved_activation_bytes(weights) as m2:
+        with saved_tensor_bytes(exclude=weights) as m2:
             loss, _ = unrolled_loss(model, state.params, ref_params, noise, sched, reward_fn,
                                     cfg.kl_weight)
         del loss
@@ -331,9 +310,7 @@ def save_grids(path: Path, grids: dict[str, Tensor], title: str) -> None:
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def save_scaling_plot(path: Path, rows: list[dict]) -> None:
@@ -355,9 +332,7 @@ def save_scaling_plot(path: Path, rows: list[dict]) -> None:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- runner

@@ -31,7 +31,13 @@ from typing import Any
 
 import torch
 
-from samplegrad.experiments._common import markdown_table, progress, seed_all, write_json
+from samplegrad.experiments._common import (
+    markdown_table,
+    progress,
+    save_figure,
+    seed_all,
+    write_json,
+)
 from samplegrad.experiments._estimators import (
     bench_methods,
     estimate,
@@ -243,10 +249,7 @@ def plot(rows: list[dict[str, Any]], problems: list[str], path: Path) -> None:
         ax.set_xlabel("µs per estimate (fwd+bwd, 1 thread)")
         ax.set_ylabel("MSE / ‖g‖²")
     axes[0][-1].legend(fontsize=7, loc="best", title="o n=1(2) □ n=4 △ n=16", title_fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -32,6 +32,7 @@ from samplegrad.experiments._common import (
     markdown_table,
     peak_rss_mb,
     progress,
+    save_figure,
     saved_tensor_bytes,
     write_json,
 )
@@ -197,9 +198,7 @@ def _plot_sudoku(puzzle: torch.Tensor, grids: dict[str, torch.Tensor], path: Pat
         ax.set_aspect("equal")
         ax.axis("off")
         ax.set_title(name, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _plot_tradeoff(rows: list[dict], task: str, metric: str, path: Path) -> None:
@@ -218,9 +217,7 @@ def _plot_tradeoff(rows: list[dict], task: str, metric: str, path: Path) -> None
         ax.set_xlabel("expected path KL to the unguided sampler (nats)")
         ax.set_ylabel(metric)
         ax.set_title(f"{task}, checkpoint {ck}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 # ---------------------------------------------------------------- runner

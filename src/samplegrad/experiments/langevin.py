@@ -26,7 +26,12 @@ from pathlib import Path
 
 import torch
 
-from samplegrad.experiments._common import markdown_table, saved_tensor_bytes, write_json
+from samplegrad.experiments._common import (
+    markdown_table,
+    save_figure,
+    saved_tensor_bytes,
+    write_json,
+)
 from samplegrad.implicit.langevin import LangevinConfig, fit, init, step
 from samplegrad.implicit.langevin_baselines import BaselineConfig, nested_step, unrolled_step
 from samplegrad.tasks.mixtures import (
@@ -158,10 +163,8 @@ def _plot(runs: list[dict], theta0: torch.Tensor, x0: torch.Tensor, out: Path) -
                                     f"softmax(theta) = [{w}]")
     fig.suptitle("pi_theta (contours) and particles (red); star: reward centre; "
                  "reward is 0 left of the dashed line", fontsize=9)
-    fig.tight_layout()
     paths.append(out / "contours.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    save_figure(fig, paths[-1])
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     for r in runs:
@@ -176,10 +179,8 @@ def _plot(runs: list[dict], theta0: torch.Tensor, x0: torch.Tensor, out: Path) -
     a1.set_xlabel("theta steps"), a1.set_xscale("log")
     a2.set_xlabel("wall-clock seconds (inside the steps)"), a2.set_xscale("log")
     a1.legend(fontsize=8)
-    fig.tight_layout()
     paths.append(out / "reward_curves.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    save_figure(fig, paths[-1])
     return paths
 
 

@@ -24,6 +24,7 @@ from samplegrad.experiments._common import (
     Timer,
     markdown_table,
     progress,
+    save_figure,
     seed_all,
     write_json,
 )
@@ -226,10 +227,7 @@ def plot(result: dict[str, Any], cfg: PolyProgConfig, path: Path) -> None:
         ax.set_ylabel("exact E[loss] - optimum (mean over seeds)")
     axes[0][-1].legend(fontsize=7, loc="upper right")
     fig.suptitle(f"Polynomial programming, L={cfg.n_vars}, batch {cfg.batch}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from samplegrad.experiments._common import Timer, markdown_table, progress, write_json
+from samplegrad.experiments._common import Timer, markdown_table, progress, save_figure, write_json
 from samplegrad.spectral import (
     Affine,
     fit,
@@ -348,9 +348,7 @@ def _plot_grid(images: dict[str, torch.Tensor], side: int, path: Path, title: st
         ax.set_title(label, fontsize=8, loc="left")
         ax.axis("off")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
 
 
 def _plot_errors(res: dict[str, Any], out: Path, times: tuple) -> None:
@@ -374,9 +372,7 @@ def _plot_errors(res: dict[str, Any], out: Path, times: tuple) -> None:
         axes[1].set(xscale="log", yscale="log", xlabel="basis size K",
                     ylabel=f"score error at t={times[1]}", title="error vs basis size")
         axes[1].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "gmm_score_error.png", dpi=100)
-        plt.close(fig)
+        save_figure(fig, out / "gmm_score_error.png", dpi=100)
     if "perturbed" in res:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         rows = res["perturbed"]["score_error"]
@@ -388,9 +384,7 @@ def _plot_errors(res: dict[str, Any], out: Path, times: tuple) -> None:
         ax.set(xscale="log", yscale="log", xlabel="delta (0 drawn at 0.01)",
                ylabel="relative L2 score error", title="perturbed Gaussian, d=16")
         ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "perturbed_score_error.png", dpi=100)
-        plt.close(fig)
+        save_figure(fig, out / "perturbed_score_error.png", dpi=100)
 
 
 # ---- runner -------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from samplegrad.experiments._common import (
     Timer,
     markdown_table,
     progress,
+    save_figure,
     seed_all,
     write_json,
 )
@@ -272,10 +273,7 @@ def plot(results: dict[str, Any], cfg: SudokuConfig, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("fraction solved (argmax)")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

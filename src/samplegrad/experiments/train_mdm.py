@@ -28,7 +28,7 @@ from samplegrad.discrete import (
     train_step,
 )
 from samplegrad.discrete.tasks import digit_tokens, sudoku_grid, sudoku_tokens
-from samplegrad.experiments._common import Timer, markdown_table, progress, write_json
+from samplegrad.experiments._common import Timer, markdown_table, progress, save_figure, write_json
 
 STAGES: dict[str, float] = {"weak": 0.03, "early": 0.2, "middle": 0.35, "final": 1.0}
 TASKS = ("sudoku", "digits")
@@ -167,9 +167,7 @@ def _plot_losses(out_dir: Path, path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("masked-diffusion loss (nats/token)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def run(args: argparse.Namespace) -> dict:

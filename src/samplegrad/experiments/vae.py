@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from samplegrad.data import load_digits, load_idx_dataset
-from samplegrad.experiments._common import Timer, markdown_table, progress, write_json
+from samplegrad.experiments._common import Timer, markdown_table, progress, save_figure, write_json
 from samplegrad.experiments._estimators import bench_methods, default_knobs
 from samplegrad.tasks.checkpoint import load_checkpoint
 from samplegrad.tasks.vae import (
@@ -211,10 +211,7 @@ def plot_curves(results: list[dict[str, Any]], title: str, path: Path) -> Path:
         ax.set_ylim(min(finals) - 2, None)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
