@@ -223,3 +223,51 @@ class TestBadInput:
             sg.surrogate(f, torch.zeros(2, 3), method="rloo", n_samples=1)
         with pytest.raises(ValueError, match="one value per sample"):
             sg.surrogate(lambda x: x.sum(), torch.zeros(2, 3), method="redge", n_samples=2)
+
+
+def _per_element_problem():
+    """Logits (B=3, L=2, K=3); element b's value depends on its own two variables only."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 2, 3, generator=g)
+    w = torch.randn(2, 3, generator=g)
+
+    def f_per(x):  # (S, 3, 2, 3) -> (S, 3)
+        return ((x * w).sum(-1).prod(-1) + 2.0)
+
+    return logits, f_per, lambda x: f_per(x).sum(-1)
+
+
+@pytest.mark.parametrize("method,kw", [("reinforce", {"baseline": 2.0}), ("rloo", {})])
+def test_per_element_objective_is_unbiased_with_less_variance(method, kw):
+    logits, f_per, f_sum = _per_element_problem()
+    _, exact_grad = sg.exact(f_sum, logits)
+    reps = 3000
+    lg = logits.clone().requires_grad_()
+    grads = {"per": [], "sum": []}
+    for _ in range(reps):
+        for key, fn in (("per", f_per), ("sum", f_sum)):
+            lg.grad = None
+            sg.surrogate(fn, lg, method=method, n_samples=4, **kw).backward()
+            grads[key].append(lg.grad.clone())
+    g = torch.stack(grads["per"])
+    mean, se = g.mean(0), g.std(0) / math.sqrt(reps)
+    # 18 coordinates: |z| < 4.6 each keeps the family-wise false alarm below 1e-4
+    z = ((mean - exact_grad) / se.clamp_min(1e-12)).abs()
+    assert (z < 4.6).all(), z
+    # per-element credit removes the other elements' noise: total variance strictly lower
+    # (3000 draws: the variance estimates are within a few percent; the gap is ~2x here)
+    var_per = g.var(0).sum()
+    var_sum = torch.stack(grads["sum"]).var(0).sum()
+    assert var_per < 0.8 * var_sum, (var_per, var_sum)
+
+
+def test_per_element_values_sum_and_bad_shapes():
+    logits = torch.randn(3, 2, 4, requires_grad=True)
+    for name in sg.methods():
+        if name == "exact":
+            continue
+        v = sg.surrogate(lambda x: x.new_full((x.shape[0], 3), 2.5), logits, method=name,
+                         n_samples=3)
+        assert abs(v.item() - 7.5) < 1e-5, name  # sum over the 3 elements of E[f_b]
+        with pytest.raises(ValueError, match="one value per sample"):
+            sg.surrogate(lambda x: x.new_zeros(x.shape[0], 2), logits, method=name, n_samples=3)

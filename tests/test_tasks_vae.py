@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import samplegrad as sg
-from samplegrad.experiments._estimators import bench_methods, default_knobs
+from samplegrad.experiments._estimators import bench_methods, default_knobs, is_score_function
 from samplegrad.tasks.checkpoint import load_checkpoint
 from samplegrad.tasks.vae import (
     TrainConfig,
@@ -168,7 +168,8 @@ def test_every_estimator_trains_encoder_and_decoder(name):
     cfg = TrainConfig(estimator=name, knobs=default_knobs(name),
                       n_samples=2 if name == "rloo" else 1)
     loss, vals = training_loss(model, x, cfg, baseline=5.0)
-    assert vals.shape == (cfg.n_samples,)
+    per_datapoint = is_score_function(name)  # score functions: one value per image
+    assert vals.shape == ((cfg.n_samples, len(x)) if per_datapoint else (cfg.n_samples,))
     loss.backward()
     enc = model.encoder[0].weight.grad
     dec = model.decoder[-1].weight.grad

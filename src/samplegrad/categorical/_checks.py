@@ -62,3 +62,20 @@ def check_n_samples(n_samples: int, minimum: int = 1) -> int:
 def compute_dtype(logits: torch.Tensor) -> torch.dtype:
     """Half-precision inputs are computed in float32 and cast back."""
     return torch.float32 if logits.dtype in _LOW_PRECISION else logits.dtype
+
+
+def check_objective_values(fx: torch.Tensor, n_samples: int, logits_shape: torch.Size) -> int:
+    """Validate ``f``'s output and return how many leading batch dims it keeps.
+
+    ``f`` returns either ``(n_samples,)`` (one value per whole configuration) or
+    ``(n_samples, *logits_shape[:j])`` for some ``j < len(logits_shape)``: one value per
+    element of the leading ``j`` batch dims (element ``b``'s value may depend only on the
+    variables of element ``b``; e.g. per-datapoint losses in a minibatch).
+    """
+    batch = tuple(logits_shape[:-1])
+    allowed = [(n_samples, *batch[:j]) for j in range(len(batch) + 1)]
+    if tuple(fx.shape) not in allowed:
+        raise ValueError(f"f must return one value per sample, shape ({n_samples},), or per "
+                         f"sample and leading batch element, e.g. {allowed[-1]}; got "
+                         f"{tuple(fx.shape)}")
+    return fx.dim() - 1

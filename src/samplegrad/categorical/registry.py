@@ -8,7 +8,11 @@ from typing import Any
 
 import torch
 
-from samplegrad.categorical._checks import check_logits, check_n_samples
+from samplegrad.categorical._checks import (
+    check_logits,
+    check_n_samples,
+    check_objective_values,
+)
 from samplegrad.categorical.exact import exact
 from samplegrad.categorical.redge import redge
 from samplegrad.categorical.relaxed import gumbel_softmax, reinmax, straight_through
@@ -80,7 +84,10 @@ def surrogate(f: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor,
     whose ``backward()`` leaves the method's gradient estimate in ``logits.grad``.
 
     ``f`` takes one-hot configurations ``(n_samples, *logits.shape)`` (every variable at once)
-    and returns ``(n_samples,)``. ``params`` are the method's knobs (``n_steps``, ``t1``,
+    and returns ``(n_samples,)`` — or per-element values ``(n_samples, *logits.shape[:j])``
+    (e.g. per-datapoint losses of a minibatch whose leading logits dim is the batch), which
+    gives score-function methods per-element credit; the loss is then the sum over elements.
+    ``params`` are the method's knobs (``n_steps``, ``t1``,
     ``tau``, ``baseline``); unknown knobs are an error. For ``method="exact"`` the value and
     gradient are exact and ``n_samples`` is ignored.
     """
@@ -100,7 +107,5 @@ def surrogate(f: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor,
     check_logits(logits)
     y = m.fn(logits.expand(n_samples, *logits.shape), **kw)
     fx = f(y)
-    if fx.shape != (n_samples,):
-        raise ValueError(f"f must return one value per sample, shape ({n_samples},); "
-                         f"got {tuple(fx.shape)}")
-    return fx.mean()
+    check_objective_values(fx, n_samples, logits.shape)
+    return fx.mean(0).sum()

@@ -11,7 +11,12 @@ from collections.abc import Callable
 
 import torch
 
-from samplegrad.categorical._checks import check_logits, check_n_samples, compute_dtype
+from samplegrad.categorical._checks import (
+    check_logits,
+    check_n_samples,
+    check_objective_values,
+    compute_dtype,
+)
 from samplegrad.categorical._sampling import sample_one_hot
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
@@ -21,12 +26,11 @@ def _draw(f: Objective, logits: torch.Tensor, n_samples: int):
     probs = torch.softmax(logits.detach().to(compute_dtype(logits)), -1)
     h = sample_one_hot(probs.expand(n_samples, *probs.shape)).to(logits.dtype)
     fx = f(h)
-    if fx.shape != (n_samples,):
-        raise ValueError(f"f must return one value per sample, shape ({n_samples},); "
-                         f"got {tuple(fx.shape)}")
+    j = check_objective_values(fx, n_samples, logits.shape)
     logp = torch.log_softmax(logits, -1)
-    # log-probability of each whole configuration; masked (-inf) classes are never drawn
-    lp = torch.where(h > 0, logp.expand_as(h), torch.zeros_like(h)).flatten(1).sum(1)
+    # log-probability of each configuration (of each leading batch element when f returns
+    # per-element values); masked (-inf) classes are never drawn
+    lp = torch.where(h > 0, logp.expand_as(h), torch.zeros_like(h)).flatten(1 + j).sum(-1)
     return fx, lp
 
 
@@ -34,8 +38,10 @@ def reinforce(f: Objective, logits: torch.Tensor, n_samples: int = 1,
               baseline: float | torch.Tensor | None = None) -> torch.Tensor:
     """REINFORCE surrogate ``mean f + mean (f - b) (log p - log p.detach())``.
 
-    ``f``: one-hot ``(n_samples, *logits.shape)`` -> ``(n_samples,)``. ``baseline`` is a
-    number or a scalar tensor not depending on the samples (e.g. an EMA of past values kept by
+    ``f``: one-hot ``(n_samples, *logits.shape)`` -> ``(n_samples,)``, or per-element values
+    ``(n_samples, *logits.shape[:j])`` (each element scored with its own log-probability; the
+    loss is their sum). ``baseline`` is a number or a tensor (scalar, or broadcastable to the
+    per-element values) not depending on the samples (e.g. an EMA of past values kept by
     the caller); ``None`` means no baseline. Unbiased for any such baseline.
     """
     check_logits(logits)
@@ -45,15 +51,16 @@ def reinforce(f: Objective, logits: torch.Tensor, n_samples: int = 1,
     if isinstance(b, torch.Tensor):
         b = b.detach()
     adv = (fx.detach() - b)
-    return fx.mean() + (adv * (lp - lp.detach())).mean()
+    return (fx + adv * (lp - lp.detach())).mean(0).sum()
 
 
 def rloo(f: Objective, logits: torch.Tensor, n_samples: int = 4) -> torch.Tensor:
     """REINFORCE leave-one-out (Kool et al. 2019): each sample's baseline is the mean of the
-    other ``n_samples - 1`` values. ``n_samples >= 2``. Unbiased."""
+    other ``n_samples - 1`` values (per element when ``f`` returns per-element values, see
+    :func:`reinforce`). ``n_samples >= 2``. Unbiased."""
     check_logits(logits)
     n_samples = check_n_samples(n_samples, minimum=2)
     fx, lp = _draw(f, logits, n_samples)
     v = fx.detach()
-    adv = v - (v.sum() - v) / (n_samples - 1)
-    return fx.mean() + (adv * (lp - lp.detach())).mean()
+    adv = v - (v.sum(0) - v) / (n_samples - 1)
+    return (fx + adv * (lp - lp.detach())).mean(0).sum()

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 import samplegrad as sg
+from samplegrad.categorical._checks import check_objective_values
 from samplegrad.categorical.registry import get_method
 
 PEER_REDGE = "peer_redge"
@@ -66,9 +67,8 @@ def estimate(f: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor, na
         kw = {**_PEER_DEFAULTS[name], **knobs}
         y = _peer_sample(logits.expand(n_samples, *logits.shape), **kw)
         fx = f(y)
-        if fx.shape != (n_samples,):
-            raise ValueError(f"f must return shape ({n_samples},); got {tuple(fx.shape)}")
-        return fx.mean()
+        check_objective_values(fx, n_samples, logits.shape)
+        return fx.mean(0).sum()
     return sg.surrogate(f, logits, method=name, n_samples=n_samples, **knobs)
 
 

@@ -22,7 +22,7 @@ import torch
 
 from samplegrad.data import load_digits, load_idx_dataset
 from samplegrad.experiments._common import Timer, markdown_table, progress, save_figure, write_json
-from samplegrad.experiments._estimators import bench_methods, default_knobs
+from samplegrad.experiments._estimators import bench_methods, default_knobs, is_score_function
 from samplegrad.tasks.checkpoint import load_checkpoint
 from samplegrad.tasks.vae import (
     TrainConfig,
@@ -96,9 +96,12 @@ def train_config(s: Settings, estimator: str, dynamic: bool) -> TrainConfig:
 def run_tag(s: Settings, tc: TrainConfig, seed: int) -> str:
     """A short hash of everything that determines a run (so changed settings never resume
     from a stale checkpoint)."""
+    tcd = asdict(tc)
+    if not is_score_function(tc.estimator):  # no effect on pathwise runs: keep their tags
+        tcd.pop("per_datapoint_credit")
     key = json.dumps({"s": {k: v for k, v in asdict(s).items()
                             if k not in ("seeds", "estimators", "checkpoint_every")},
-                      "tc": asdict(tc), "seed": seed}, sort_keys=True, default=str)
+                      "tc": tcd, "seed": seed}, sort_keys=True, default=str)
     return hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
@@ -144,7 +147,7 @@ def run_one(s: Settings, estimator: str, seed: int, train: torch.Tensor, test: t
     steps_run = s.steps - start_step
     result = {
         "estimator": estimator, "seed": seed, "n_samples": tc.n_samples,
-        "knobs": ({"baseline": f"EMA({tc.baseline_decay:g}) of batch loss"}
+        "knobs": ({"baseline": f"EMA({tc.baseline_decay:g}) of past loss"}
                   if estimator == "reinforce" else tc.knobs),
         "train_neg_elbo": sum(state.history[-n_tail:]) / n_tail,
         "test_neg_elbo": test_nelbo, "test_neg_iwae": test_iwae,

@@ -196,7 +196,10 @@ def enumerate_neg_elbo(model: CategoricalVAE, x: torch.Tensor) -> torch.Tensor:
 class TrainConfig:
     """How one VAE is trained. ``knobs`` are the estimator's (``t1``, ``tau``, ...);
     ``n_samples`` latent draws per datapoint and step; REINFORCE's baseline is an EMA of past
-    objective values with ``baseline_decay``."""
+    objective values with ``baseline_decay``. ``per_datapoint_credit`` (score-function
+    estimators only): ``f`` returns one value per datapoint, so each image's encoder gradient
+    is weighted by its own loss (``False``: by the whole minibatch's summed loss, the
+    high-variance form)."""
 
     estimator: str = "redge"
     knobs: dict[str, Any] = field(default_factory=dict)
@@ -205,6 +208,7 @@ class TrainConfig:
     batch_size: int = 100
     dynamic_binarization: bool = False
     baseline_decay: float = 0.9
+    per_datapoint_credit: bool = True
 
     def __post_init__(self) -> None:
         _check_samples(self.n_samples)
@@ -223,7 +227,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     step: int = 0
     history: list[float] = field(default_factory=list)  # training loss per step
-    baseline: float | None = None  # REINFORCE EMA baseline (batch-summed objective)
+    baseline: float | None = None  # REINFORCE EMA baseline (mean objective value)
 
 
 def init_train(vae: VAEConfig, cfg: TrainConfig, seed: int = 0) -> TrainState:
@@ -243,11 +247,14 @@ def sample_batch(data: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
 def training_loss(model: CategoricalVAE, x: torch.Tensor, cfg: TrainConfig,
                   baseline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Surrogate −ELBO per datapoint (batch mean) whose ``backward()`` gives the estimator's
-    gradient, and the detached batch-summed reconstruction values ``(S,)`` (for baselines).
+    gradient, and the detached reconstruction values (for baselines): ``(S, B)`` per
+    datapoint for score-function estimators with ``per_datapoint_credit``, else ``(S,)``
+    batch sums.
 
     Pathwise: ``z = sampler(name)(logits)`` feeds the decoder (relaxed for gumbel_soft).
-    Score function: ``f(z (S, B, L, K)) = sum_b -log p(x_b | z_b)`` via ``estimate``; the
-    decoder still gets its pathwise gradient through the surrogate's value.
+    Score function: ``f(z (S, B, L, K)) = -log p(x_b | z_b)`` per datapoint ``(S, B)`` (or
+    its batch sum ``(S,)``) via ``estimate``; the decoder still gets its pathwise gradient
+    through the surrogate's value.
     """
     logits = model.encode(x)
     kl = kl_to_uniform(logits).mean()
@@ -256,7 +263,9 @@ def training_loss(model: CategoricalVAE, x: torch.Tensor, cfg: TrainConfig,
         vals: list[torch.Tensor] = []
 
         def f(z: torch.Tensor) -> torch.Tensor:
-            v = -bernoulli_log_lik(model.decode(z), x).sum(-1)
+            v = -bernoulli_log_lik(model.decode(z), x)  # (S, B)
+            if not cfg.per_datapoint_credit:
+                v = v.sum(-1)
             vals.append(v.detach())
             return v
 
