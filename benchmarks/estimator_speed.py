@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"shape": SHAPE, "threads": args.threads, "repeats": repeats,
               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
               "rows": rows, "speedup_vs_peer_redge": speedups, "memory_vs_n_steps": mrows}
-    path = write_json(args.out / "estimator_speed.json", result)
+    name = "estimator_speed_quick.json" if args.quick else "estimator_speed.json"
+    path = write_json(args.out / name, result)  # quick runs keep the full run's file
     print(f"\nwrote {path}")
     return result
 

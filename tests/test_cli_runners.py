@@ -48,7 +48,7 @@ def test_train_mdm_then_guidance(in_tmp):
 def test_spectral_quick_gmm_section(in_tmp):
     assert main(["bench", "spectral", "--quick", "--sections", "gmm", "--neural-steps", "10",
                  "--out", "res", "--threads", "1"]) == 0
-    out = in_tmp / "res" / "spectral"
+    out = in_tmp / "res" / "spectral" / "quick"  # quick runs never overwrite full results
     assert (out / "spectral_quick.json").exists() and (out / "gmm_score_error.png").exists()
     got = json.loads((out / "spectral_quick.json").read_text())
     assert "gmm" in got

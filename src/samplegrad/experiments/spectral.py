@@ -428,7 +428,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cfg.neural_steps = args.neural_steps
     sections = [s.strip() for s in getattr(args, "sections", ",".join(ALL_SECTIONS)).split(",")
                 if s.strip()]
-    out = Path(args.out) / "spectral"
+    # --quick writes beside, never over, the full run's files (the README embeds those)
+    out = Path(args.out) / "spectral" / ("quick" if args.quick else "")
     out.mkdir(parents=True, exist_ok=True)
     path = out / ("spectral_quick.json" if args.quick else "spectral.json")
     res: dict[str, Any] = {}
