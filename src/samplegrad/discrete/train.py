@@ -11,6 +11,7 @@ from torch import Tensor
 
 from samplegrad.discrete.loss import masked_diffusion_loss
 from samplegrad.discrete.model import Denoiser, MDMConfig
+from samplegrad.tasks.checkpoint import save_checkpoint as atomic_save
 
 
 @dataclass(frozen=True)
@@ -74,16 +75,11 @@ def train_step(state: TrainState, data: Tensor, cfg: TrainConfig) -> float:
 def save_checkpoint(path: str | Path, state: TrainState, cfg: TrainConfig,
                     extra: dict | None = None) -> Path:
     """Atomically write ``state`` (and the configs) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     blob = {"model_config": asdict(state.model.config), "train_config": asdict(cfg),
             "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
             "generator": state.generator.get_state(), "step": state.step,
             "losses": state.losses, "extra": extra or {}}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_save(path, blob)
 
 
 def load_checkpoint(path: str | Path, cfg: TrainConfig | None = None) -> TrainState:

@@ -21,6 +21,7 @@ import torch
 from samplegrad.data import load_digits
 from samplegrad.diffusion import EpsMLP, ddpm_loss, linear_alpha_bars
 from samplegrad.experiments._common import Timer, progress, write_json
+from samplegrad.tasks.checkpoint import save_checkpoint
 
 DEFAULT_WEIGHTS = Path("checkpoints/ddpm_digits.pt")
 
@@ -44,13 +45,6 @@ QUICK = DDPMTrainConfig(steps=1500, hidden=128, n_blocks=2, ema_decay=0.99)
 
 def build_model(cfg: DDPMTrainConfig) -> EpsMLP:
     return EpsMLP(dim=64, hidden=cfg.hidden, n_blocks=cfg.n_blocks)
-
-
-def _save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)  # atomic
 
 
 def train_ddpm(cfg: DDPMTrainConfig, weights: Path = DEFAULT_WEIGHTS, *,
@@ -84,9 +78,10 @@ def train_ddpm(cfg: DDPMTrainConfig, weights: Path = DEFAULT_WEIGHTS, *,
             print(f"train-ddpm: {ckpt} has other settings; starting over")
 
     def checkpoint(step: int) -> None:
-        _save({"config": asdict(cfg), "model": model.state_dict(), "ema": ema.state_dict(),
-               "opt": opt.state_dict(), "sched": sched.state_dict(), "gen": gen.get_state(),
-               "step": step, "losses": losses}, ckpt)
+        save_checkpoint(ckpt, {"config": asdict(cfg), "model": model.state_dict(),
+                               "ema": ema.state_dict(), "opt": opt.state_dict(),
+                               "sched": sched.state_dict(), "gen": gen.get_state(),
+                               "step": step, "losses": losses})
 
     bar = progress(range(start, cfg.steps), desc="train-ddpm", total=cfg.steps - start)
     running = float("nan")
@@ -107,7 +102,8 @@ def train_ddpm(cfg: DDPMTrainConfig, weights: Path = DEFAULT_WEIGHTS, *,
                 bar.set_postfix(loss=f"{running:.4f}")
             if (step + 1) % ckpt_every == 0 and step + 1 < cfg.steps:
                 checkpoint(step + 1)
-    _save({"config": asdict(cfg), "state_dict": ema.state_dict(), "losses": losses}, weights)
+    save_checkpoint(weights, {"config": asdict(cfg), "state_dict": ema.state_dict(),
+                              "losses": losses})
     if ckpt.exists():
         ckpt.unlink()
     summary = {"config": asdict(cfg), "weights": str(weights), "seconds": timer.seconds,

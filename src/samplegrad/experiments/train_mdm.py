@@ -29,6 +29,7 @@ from samplegrad.discrete import (
 )
 from samplegrad.discrete.tasks import digit_tokens, sudoku_grid, sudoku_tokens
 from samplegrad.experiments._common import Timer, markdown_table, progress, save_figure, write_json
+from samplegrad.tasks.checkpoint import save_checkpoint as atomic_save
 
 STAGES: dict[str, float] = {"weak": 0.03, "early": 0.2, "middle": 0.35, "final": 1.0}
 TASKS = ("sudoku", "digits")
@@ -123,14 +124,14 @@ def train_task(task: str, ckpt_dir: Path, *, quick: bool = False, seed: int = 0,
                 if state.step == at:
                     metrics[name] = {"step": at, **evaluate(state.model, task, held_out, seed)}
                     save_checkpoint(folder / f"{name}.pt", state, cfg, {"stage": name})
-                    torch.save(metrics, metrics_path)
+                    atomic_save(metrics_path, metrics)
             if state.step % ckpt_every == 0 or state.step == cfg.steps:
                 save_checkpoint(last, state, cfg)
         for name in STAGES:  # stages saved by an earlier run but not evaluated yet
             if name not in metrics and (folder / f"{name}.pt").exists():
                 blob = load_checkpoint(folder / f"{name}.pt")
                 metrics[name] = {"step": blob.step, **evaluate(blob.model, task, held_out, seed)}
-                torch.save(metrics, metrics_path)
+                atomic_save(metrics_path, metrics)
     return {"task": task, "model_config": asdict(spec.model), "train_config": asdict(cfg),
             "n_data": len(data), "seed": seed, "checkpoints": str(folder),
             "seconds_this_run": timer.seconds, "stages": metrics,

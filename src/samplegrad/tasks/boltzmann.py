@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from samplegrad.experiments._common import progress
+from samplegrad.tasks.checkpoint import save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,5 @@ def reference_samples(target, n: int, seed: int = 0, cache_dir: str | Path = ".c
     if path.exists():
         return torch.load(path)["samples"]
     samples, rate = run_mala(target, n, seed=seed, show_progress=show_progress, **mala_kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"samples": samples, "acceptance": rate, "target": repr(target)}, tmp)
-    tmp.replace(path)
+    save_checkpoint(path, {"samples": samples, "acceptance": rate, "target": repr(target)})
     return samples

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from samplegrad.data import load_digits
+from samplegrad.tasks.checkpoint import save_checkpoint
 
 __all__ = ["DigitMLP", "brightness", "digit_classifier", "digit_log_prob", "train_classifier"]
 
@@ -108,11 +109,8 @@ def digit_classifier(cache_dir: str | Path = "checkpoints", seed: int = 0,
         model.eval()
         return model
     model = train_classifier(seed=seed, steps=steps)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save({"state_dict": model.state_dict(), "hidden": _HIDDEN,
-                "accuracy": model.accuracy}, tmp)
-    tmp.replace(path)
+    save_checkpoint(path, {"state_dict": model.state_dict(), "hidden": _HIDDEN,
+                           "accuracy": model.accuracy})
     return model
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from samplegrad.tasks.checkpoint import save_checkpoint
+
 # difficulty -> number of clues kept (cells removed greedily while the solution stays unique)
 DIFFICULTY_CLUES: dict[str, int] = {"easy": 40, "medium": 32, "hard": 26}
 
@@ -285,8 +287,5 @@ def puzzle_set(n: int = 100, seed: int = 0, difficulty: str = "medium",
             return data["puzzles"], data["solutions"]
     puzzles, solutions = generate_puzzles(n, seed, difficulty)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"puzzles": puzzles, "solutions": solutions}, tmp)
-        tmp.replace(path)
+        save_checkpoint(path, {"puzzles": puzzles, "solutions": solutions})
     return puzzles, solutions
