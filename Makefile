@@ -23,15 +23,15 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python benchmarks/estimator_speed.py
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python -m samplegrad_bench.runners.speed
+	$(BIN)/python -m samplegrad_bench.run_all
 
 bench-quick: install
-	$(BIN)/python benchmarks/estimator_speed.py --quick
-	$(BIN)/python benchmarks/run_all.py --quick
+	$(BIN)/python -m samplegrad_bench.runners.speed --quick
+	$(BIN)/python -m samplegrad_bench.run_all --quick
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

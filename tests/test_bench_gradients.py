@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
-from samplegrad.experiments.gradients import (
+from samplegrad_bench.runners.gradients import (
     QUICK,
     budget_mse,
     draw_estimates,
     gradient_stats,
     knob_grid,
 )
-from samplegrad.tasks.gradient_problems import PROBLEMS, get_problem, mlp, quadratic
+from samplegrad_bench.tasks.gradient_problems import PROBLEMS, get_problem, mlp, quadratic
 
 
 def _enumerated_expectation(f, logits):
@@ -117,7 +117,7 @@ def test_rloo_is_unbiased_and_straight_through_is_not():
 
 def test_vectorized_draws_match_single_calls():
     """Batched pathwise draws estimate the same mean as one `estimate` call per draw."""
-    from samplegrad.experiments._estimators import estimate
+    from samplegrad_bench.estimators import estimate
 
     problem = quadratic(3, 3, seed=5)
     torch.manual_seed(3)

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from samplegrad.cli import main
-from samplegrad.experiments import sudoku as B
-from samplegrad.tasks import sudoku as S
+from samplegrad_bench.cli import main
+from samplegrad_bench.runners import sudoku as B
+from samplegrad_bench.tasks import sudoku as S
 
 
 @pytest.fixture(scope="module")

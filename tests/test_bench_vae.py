@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from samplegrad.cli import main
-from samplegrad.data import write_idx
-from samplegrad.experiments.vae import smooth_curve, summarize
+from samplegrad_bench.cli import main
+from samplegrad_bench.data import write_idx
+from samplegrad_bench.runners.vae import smooth_curve, summarize
 
 
 def _args(tmp_path, *extra):

@@ -7,7 +7,7 @@ import scipy.stats
 import torch
 
 import samplegrad as sg
-from samplegrad.experiments._common import saved_tensor_bytes
+from samplegrad_bench._common import saved_tensor_bytes
 
 R = importlib.import_module("samplegrad.categorical.redge")
 LOGITS6 = torch.tensor([1.2, -0.3, 0.5, -1.5, 0.0, 0.8])

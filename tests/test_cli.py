@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from samplegrad.cli import main
+from samplegrad_bench.cli import main
 
 
 def test_list(capsys):

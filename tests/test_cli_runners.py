@@ -1,6 +1,6 @@
 """Smoke runs of the runners without a test of their own: tiny settings, files in tmp_path.
 
-Each run goes through ``samplegrad.cli.main`` exactly as a user's command does and checks
+Each run goes through ``samplegrad_bench.cli.main`` exactly as a user's command does and checks
 that the files it promises exist and name every method it ran.
 """
 
@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from samplegrad.cli import main
+from samplegrad_bench.cli import main
 
 
 @pytest.fixture

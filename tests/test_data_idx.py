@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from samplegrad.data import fashion_mnist_dir, load_idx_dataset, read_idx, write_idx
+from samplegrad_bench.data import fashion_mnist_dir, load_idx_dataset, read_idx, write_idx
 
 
 def _fake_fashion(folder, n_train=6, n_test=4, gz=True, seed=0):

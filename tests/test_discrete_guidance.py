@@ -6,7 +6,7 @@ from test_discrete_model import TINY
 
 from samplegrad.discrete import Denoiser, GuidanceConfig, guided_logits, make_guide
 from samplegrad.discrete import sample as mdm_sample
-from samplegrad.experiments._estimators import bench_methods
+from samplegrad_bench.estimators import bench_methods
 
 
 def count_zeros(y):  # (S, B, L, V) -> (S, B): loss = number of token-0 positions

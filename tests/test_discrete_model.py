@@ -12,7 +12,7 @@ from samplegrad.discrete import (
     train_init,
     train_step,
 )
-from samplegrad.discrete.tasks import digit_tokens, sudoku_grid, sudoku_tokens
+from samplegrad_bench.tasks.mdm_objectives import digit_tokens, sudoku_grid, sudoku_tokens
 
 TINY = MDMConfig(vocab_size=3, seq_len=6, width=16, depth=1, heads=2, mlp_ratio=2)
 

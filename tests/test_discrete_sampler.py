@@ -5,7 +5,7 @@ import torch
 from test_discrete_model import TINY
 
 from samplegrad.discrete import Denoiser, sample, unmask_step
-from samplegrad.discrete.tasks import sudoku_tokens
+from samplegrad_bench.tasks.mdm_objectives import sudoku_tokens
 
 
 def test_unmask_step_carries_over():

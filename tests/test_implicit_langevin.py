@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from samplegrad.cli import main
 from samplegrad.implicit.langevin import (
     LangevinConfig,
     fit,
@@ -26,7 +25,8 @@ from samplegrad.implicit.langevin_baselines import (
     unrolled_step,
     unrolled_trajectory,
 )
-from samplegrad.tasks.mixtures import (
+from samplegrad_bench.cli import main
+from samplegrad_bench.tasks.mixtures import (
     HEXAGON_THETA_INIT,
     component_rewards,
     hexagon_centers,

@@ -17,7 +17,7 @@ from samplegrad.spectral import (
     sliced_wasserstein,
     train_dsm,
 )
-from samplegrad.tasks.boltzmann import PerturbedGaussian, Phi4Lattice, run_mala
+from samplegrad_bench.tasks.boltzmann import PerturbedGaussian, Phi4Lattice, run_mala
 
 COV = torch.tensor([[1.5, 0.5, 0.0], [0.5, 0.7, 0.1], [0.0, 0.1, 0.6]], dtype=torch.float64)
 MEAN = torch.tensor([[0.3, -0.2, 0.1]], dtype=torch.float64)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import samplegrad as sg
-from samplegrad.experiments.polyprog import knob_grid, optimize
-from samplegrad.tasks import polyprog as task
+from samplegrad_bench.runners.polyprog import knob_grid, optimize
+from samplegrad_bench.tasks import polyprog as task
 
 
 def _onehot(bits: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from samplegrad.data import load_digits
-from samplegrad.tasks.rewards import brightness, digit_classifier, digit_log_prob
+from samplegrad_bench.data import load_digits
+from samplegrad_bench.tasks.rewards import brightness, digit_classifier, digit_log_prob
 
 
 def test_brightness_is_the_mean_pixel():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from samplegrad.tasks import sudoku as S
+from samplegrad_bench.tasks import sudoku as S
 
 # a well-known valid grid (the base pattern) and the "hardest" puzzle of A. Inkala (2012)
 BASE = torch.tensor([(3 * (r % 3) + r // 3 + c) % 9 + 1 for r in range(9) for c in range(9)])

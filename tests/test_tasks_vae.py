@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import samplegrad as sg
-from samplegrad.experiments._estimators import bench_methods, default_knobs, is_score_function
-from samplegrad.tasks.checkpoint import load_checkpoint
-from samplegrad.tasks.vae import (
+from samplegrad.checkpoint import load_checkpoint
+from samplegrad_bench.estimators import bench_methods, default_knobs, is_score_function
+from samplegrad_bench.tasks.vae import (
     TrainConfig,
     VAEConfig,
     all_configs,

@@ -1,14 +1,17 @@
 """samplegrad: optimization through stochastic sampling."""
 
 from samplegrad.categorical import (
+    Method,
     ReDGECategorical,
     exact,
     gumbel_softmax,
     methods,
     redge,
+    register,
     reinforce,
     reinmax,
     rloo,
+    sampler,
     straight_through,
     surrogate,
 )
@@ -16,14 +19,17 @@ from samplegrad.categorical import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Method",
     "ReDGECategorical",
     "exact",
     "gumbel_softmax",
     "methods",
     "redge",
+    "register",
     "reinforce",
     "reinmax",
     "rloo",
+    "sampler",
     "straight_through",
     "surrogate",
 ]

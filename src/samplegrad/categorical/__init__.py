@@ -3,11 +3,19 @@
 from samplegrad.categorical.distributions import ReDGECategorical
 from samplegrad.categorical.exact import exact
 from samplegrad.categorical.redge import redge
-from samplegrad.categorical.registry import get_method, methods, surrogate
+from samplegrad.categorical.registry import (
+    Method,
+    get_method,
+    methods,
+    register,
+    sampler,
+    surrogate,
+)
 from samplegrad.categorical.relaxed import gumbel_softmax, reinmax, straight_through
 from samplegrad.categorical.score_function import reinforce, rloo
 
 __all__ = [
+    "Method",
     "ReDGECategorical",
     "exact",
     "get_method",
@@ -15,8 +23,10 @@ __all__ = [
     "methods",
     "redge",
     "reinforce",
+    "register",
     "reinmax",
     "rloo",
+    "sampler",
     "straight_through",
     "surrogate",
 ]

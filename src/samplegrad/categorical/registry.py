@@ -24,7 +24,7 @@ class Method:
     """A registered estimator: how to call it and its default knobs."""
 
     name: str
-    kind: str  # "pathwise" (sample -> f), "score" (needs f), "exact"
+    kind: str  # "pathwise" (logits -> sample with gradient), "score" (needs f), "exact"
     fn: Callable[..., Any]
     defaults: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)  # not user-settable
@@ -34,8 +34,23 @@ class Method:
 _REGISTRY: dict[str, Method] = {}
 
 
+KINDS = ("pathwise", "score", "exact")
+
+
 def register(method: Method) -> Method:
-    """Add an estimator under ``method.name`` (name clashes are an error)."""
+    """Add an estimator under ``method.name``; :func:`surrogate`, :func:`sampler`, guidance
+    and every benchmark then accept the name. Name clashes are an error.
+
+    A ``"pathwise"`` method's ``fn(logits, **knobs)`` returns a one-hot-valued sample
+    ``logits.shape`` carrying its gradient; a ``"score"`` method's
+    ``fn(f, logits, n_samples=..., **knobs)`` returns the surrogate loss itself.
+    """
+    if not isinstance(method, Method):
+        raise TypeError(f"method: expected a samplegrad.Method, got {type(method).__name__}")
+    if method.kind not in KINDS:
+        raise ValueError(f"method.kind must be one of {KINDS}; got {method.kind!r}")
+    if not callable(method.fn):
+        raise TypeError(f"method.fn must be callable; got {type(method.fn).__name__}")
     if method.name in _REGISTRY:
         raise ValueError(f"method {method.name!r} is already registered")
     _REGISTRY[method.name] = method
@@ -76,6 +91,28 @@ def get_method(name: str) -> Method:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown method {name!r}; choose from {methods()}") from None
+
+
+def sampler(name: str, **knobs: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``logits -> one-hot sample carrying the estimator's gradient`` for the pathwise method
+    ``name`` (for use inside models, e.g. a VAE encoder). Score-function and exact methods
+    need the objective itself: use :func:`surrogate` for them (ValueError here).
+
+    ```python
+    import torch, samplegrad as sg
+    draw = sg.sampler("redge", n_steps=3)
+    z = draw(torch.randn(8, 4, 10, requires_grad=True))  # (8, 4, 10) one-hot
+    ```
+    """
+    m = get_method(name)
+    if m.kind != "pathwise":
+        raise ValueError(f"{name!r} is a {m.kind} method, not pathwise; use surrogate(f, ...)")
+    unknown = set(knobs) - set(m.defaults)
+    if unknown:
+        raise ValueError(f"method {name!r} takes {sorted(m.defaults) or 'no knobs'}; "
+                         f"got unknown {sorted(unknown)}")
+    kw = {**m.defaults, **knobs, **m.fixed}
+    return lambda logits: m.fn(logits, **kw)
 
 
 def surrogate(f: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor,

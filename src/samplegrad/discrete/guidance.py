@@ -7,9 +7,9 @@ the model's logits ``p``, and a few Adam steps on the per-sequence objective
 
 (``loss`` to minimize: a constraint penalty, or minus a reward). ``y`` are categorical
 draws on the masked positions, the unmasked ones held at their tokens, and the gradient of
-the expectation comes from any estimator of ``samplegrad.experiments._estimators``
-(``samplegrad.methods()`` minus exact, plus ``"peer_redge"``). The unmasking step then draws
-from ``q_theta``.
+the expectation comes from any estimator in the registry (``samplegrad.methods()`` minus
+``exact``, including those added with :func:`samplegrad.register`). The unmasking step then
+draws from ``q_theta``.
 
 The KL term is handled in one of two ways (``kl_mode``):
 - ``"prox"`` (default): Adam on the expectation, then the exact proximal step of
@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from samplegrad.categorical.registry import get_method, methods, surrogate
 from samplegrad.discrete.sampler import Guide, kl_categorical
-from samplegrad.experiments._estimators import bench_methods, estimate, is_score_function
 
 # objective(one-hot or soft sequences (S, B, L, V)) -> per-sequence loss (S, B), to minimize
 Objective = Callable[[Tensor], Tensor]
@@ -52,8 +52,9 @@ class GuidanceConfig:
     knobs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in bench_methods(include_peer=True):
-            raise ValueError(f"method must be one of {bench_methods()}; got {self.method!r}")
+        choices = [m for m in methods() if m != "exact"]
+        if self.method not in choices:
+            raise ValueError(f"method must be one of {choices}; got {self.method!r}")
         if self.kl_mode not in KL_MODES:
             raise ValueError(f"kl_mode must be one of {KL_MODES}; got {self.kl_mode!r}")
         if not isinstance(self.n_opt_steps, int) or self.n_opt_steps < 0:
@@ -70,19 +71,19 @@ def _expected_objective(theta: Tensor, fixed: Tensor, masked: Tensor, objective:
                         cfg: GuidanceConfig) -> Tensor:
     """Surrogate of ``sum_b E_q[objective_b]``; its backward fills ``theta.grad``."""
     m = masked.unsqueeze(-1)
-    if not is_score_function(cfg.method):
+    if get_method(cfg.method).kind != "score":
         # pathwise: batch items are independent, so the gradient of the sum is per item
         def f(y: Tensor) -> Tensor:
             return objective(torch.where(m, y, fixed)).sum(-1)
 
-        return estimate(f, theta, cfg.method, cfg.n_samples, **cfg.knobs)
+        return surrogate(f, theta, cfg.method, cfg.n_samples, **cfg.knobs)
     # score function: one call per sequence, so each gets its own baseline and variance
     total = theta.new_zeros(())
     for b in range(theta.shape[0]):
         def f_b(y: Tensor, b: int = b) -> Tensor:
             return objective(torch.where(m[b], y, fixed[b]).unsqueeze(1)).squeeze(1)
 
-        total = total + estimate(f_b, theta[b], cfg.method, cfg.n_samples, **cfg.knobs)
+        total = total + surrogate(f_b, theta[b], cfg.method, cfg.n_samples, **cfg.knobs)
     return total
 
 

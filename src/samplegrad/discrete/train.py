@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from samplegrad.checkpoint import save_checkpoint as atomic_save
 from samplegrad.discrete.loss import masked_diffusion_loss
 from samplegrad.discrete.model import Denoiser, MDMConfig
-from samplegrad.tasks.checkpoint import save_checkpoint as atomic_save
 
 
 @dataclass(frozen=True)

@@ -333,7 +333,7 @@ def fit(potential: Potential, reward: Reward, theta0: Tensor,
     known, else NaN), ``grad_norm``, ``theta`` (after the update) and ``time`` (seconds spent
     inside ``step_fn`` so far; logging is not counted).
     """
-    from samplegrad.experiments._common import progress
+    from samplegrad._progress import progress
 
     if n_steps < 0:
         raise ValueError(f"n_steps: must be >= 0, got {n_steps}")

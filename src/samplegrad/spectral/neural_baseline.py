@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from samplegrad.experiments._common import progress
+from samplegrad._progress import progress
 from samplegrad.spectral.affine import Affine
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from samplegrad.experiments._common import progress
+from samplegrad._progress import progress
 
 ScoreFn = Callable[[Tensor, float], Tensor]
 

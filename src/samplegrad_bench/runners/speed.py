@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import samplegrad as sg
-from samplegrad.experiments._common import markdown_table, saved_tensor_bytes, write_json
+from samplegrad_bench._common import markdown_table, saved_tensor_bytes, write_json
 
 SHAPE = (256, 30, 10)
 

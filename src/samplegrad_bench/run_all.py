@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from samplegrad.cli import BENCHES
+from samplegrad_bench.cli import BENCHES
 
 
 def main() -> int:
@@ -20,7 +20,7 @@ def main() -> int:
     args = ap.parse_args()
     failed = []
     for name in args.only:
-        cmd = [sys.executable, "-m", "samplegrad.cli", "bench", name]
+        cmd = [sys.executable, "-m", "samplegrad_bench.cli", "bench", name]
         if args.quick:
             cmd.append("--quick")
         print(f"\n=== {' '.join(cmd[2:])} ===", flush=True)

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from samplegrad.experiments._common import progress
-from samplegrad.tasks.checkpoint import save_checkpoint
+from samplegrad.checkpoint import save_checkpoint
+from samplegrad_bench._common import progress
 
 
 @dataclass(frozen=True)

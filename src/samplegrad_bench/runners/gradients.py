@@ -1,7 +1,7 @@
 """`samplegrad bench gradients`: gradient quality of every estimator against the truth.
 
 On small problems where enumeration gives the exact gradient ``g``
-(:mod:`samplegrad.tasks.gradient_problems`), each estimator and each setting of its knobs
+(:mod:`samplegrad_bench.tasks.gradient_problems`), each estimator and each setting of its knobs
 (``t1``, ``n_steps``; ``tau``; ``n_samples``; REINFORCE's baseline) is drawn ``n_draws``
 independent times, and we report
 
@@ -31,20 +31,25 @@ from typing import Any
 
 import torch
 
-from samplegrad.experiments._common import (
+from samplegrad_bench._common import (
     markdown_table,
     progress,
     save_figure,
     seed_all,
     write_json,
 )
-from samplegrad.experiments._estimators import (
+from samplegrad_bench.estimators import (
     bench_methods,
     estimate,
     is_score_function,
     sampler,
 )
-from samplegrad.tasks.gradient_problems import PROBLEMS, GradientProblem, Objective, get_problem
+from samplegrad_bench.tasks.gradient_problems import (
+    PROBLEMS,
+    GradientProblem,
+    Objective,
+    get_problem,
+)
 
 _REDGE_LIKE = ("redge", "redge_cov", "redge_max", "redge_exact", "peer_redge")
 

@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from samplegrad.categorical._sampling import sample_one_hot
-from samplegrad.experiments._estimators import estimate, is_score_function, sampler
-from samplegrad.tasks.checkpoint import (
+from samplegrad.checkpoint import (
     DeferredInterrupt,
     load_training_state,
     save_training_state,
 )
+from samplegrad_bench.estimators import estimate, is_score_function, sampler
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 Two tables over every estimator (ours and, when installed, the peer PyPI ``redge``), each at
 its default knobs, on problems defined in code (no downloads):
 
-1. Polynomial programming (:mod:`samplegrad.tasks.polyprog`): Adam on free logits of ``L``
+1. Polynomial programming (:mod:`samplegrad_bench.tasks.polyprog`): Adam on free logits of ``L``
    binary variables; the exact expected loss reached, its gap to the optimum, the wall time.
-2. Gradient quality (:mod:`samplegrad.tasks.gradient_problems`): bias², variance, MSE and
+2. Gradient quality (:mod:`samplegrad_bench.tasks.gradient_problems`): bias², variance, MSE and
    cosine to the exact gradient of a small random MLP objective (enumerated), from many
    independent single estimates, and the cost of one estimate.
 
@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from samplegrad.experiments import gradients, polyprog
-from samplegrad.experiments._common import markdown_table, progress, seed_all, write_json
-from samplegrad.experiments._estimators import bench_methods, default_knobs
-from samplegrad.tasks import polyprog as task
-from samplegrad.tasks.gradient_problems import get_problem
+from samplegrad_bench._common import markdown_table, progress, seed_all, write_json
+from samplegrad_bench.estimators import bench_methods, default_knobs
+from samplegrad_bench.runners import gradients, polyprog
+from samplegrad_bench.tasks import polyprog as task
+from samplegrad_bench.tasks.gradient_problems import get_problem
 
 GRAD_PROBLEM = "mlp_L4_K5"
 

@@ -26,15 +26,15 @@ from pathlib import Path
 
 import torch
 
-from samplegrad.experiments._common import (
+from samplegrad.implicit.langevin import LangevinConfig, fit, init, step
+from samplegrad.implicit.langevin_baselines import BaselineConfig, nested_step, unrolled_step
+from samplegrad_bench._common import (
     markdown_table,
     save_figure,
     saved_tensor_bytes,
     write_json,
 )
-from samplegrad.implicit.langevin import LangevinConfig, fit, init, step
-from samplegrad.implicit.langevin_baselines import BaselineConfig, nested_step, unrolled_step
-from samplegrad.tasks.mixtures import (
+from samplegrad_bench.tasks.mixtures import (
     HEXAGON_THETA_INIT,
     REWARD_CENTER,
     component_rewards,

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from samplegrad.experiments._common import Timer, markdown_table, progress, save_figure, write_json
 from samplegrad.spectral import (
     Affine,
     fit,
@@ -35,7 +34,8 @@ from samplegrad.spectral import (
     sample_metrics,
     train_dsm,
 )
-from samplegrad.tasks.boltzmann import PerturbedGaussian, Phi4Lattice, reference_samples
+from samplegrad_bench._common import Timer, markdown_table, progress, save_figure, write_json
+from samplegrad_bench.tasks.boltzmann import PerturbedGaussian, Phi4Lattice, reference_samples
 
 
 @dataclass
@@ -249,7 +249,7 @@ def _image_section(cfg: BenchConfig, name: str, train: torch.Tensor, test: torch
 
 
 def digits_section(cfg: BenchConfig, seed: int, out: Path) -> dict[str, Any]:
-    from samplegrad.data import load_digits
+    from samplegrad_bench.data import load_digits
 
     train, _ = load_digits("train")
     test, _ = load_digits("test")
@@ -258,7 +258,7 @@ def digits_section(cfg: BenchConfig, seed: int, out: Path) -> dict[str, Any]:
 
 
 def fashion_section(cfg: BenchConfig, seed: int, out: Path) -> dict[str, Any]:
-    from samplegrad.data import load_idx_dataset
+    from samplegrad_bench.data import load_idx_dataset
 
     if cfg.fashion_pcs <= 0:
         return {"skipped": "not in --quick"}

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from samplegrad.experiments._common import (
+from samplegrad_bench._common import (
     Timer,
     markdown_table,
     progress,
@@ -37,14 +37,14 @@ from samplegrad.experiments._common import (
     seed_all,
     write_json,
 )
-from samplegrad.experiments._estimators import (
+from samplegrad_bench.estimators import (
     PEER_REDGE,
     bench_methods,
     default_knobs,
     estimate,
     is_score_function,
 )
-from samplegrad.tasks import sudoku as S
+from samplegrad_bench.tasks import sudoku as S
 
 # knobs per estimator (METHODS.md reference settings; redge_exact wants t1 >= 0.3)
 KNOBS: dict[str, dict[str, Any]] = {
@@ -409,6 +409,6 @@ def run(args: argparse.Namespace) -> dict:
 def _plain(obj: Any) -> Any:
     import json
 
-    from samplegrad.experiments._common import _jsonable
+    from samplegrad_bench._common import _jsonable
 
     return json.loads(json.dumps(_jsonable(obj)))

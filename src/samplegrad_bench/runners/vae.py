@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from samplegrad.data import load_digits, load_idx_dataset
-from samplegrad.experiments._common import Timer, markdown_table, progress, save_figure, write_json
-from samplegrad.experiments._estimators import bench_methods, default_knobs, is_score_function
-from samplegrad.tasks.checkpoint import load_checkpoint
-from samplegrad.tasks.vae import (
+from samplegrad.checkpoint import load_checkpoint
+from samplegrad_bench._common import Timer, markdown_table, progress, save_figure, write_json
+from samplegrad_bench.data import load_digits, load_idx_dataset
+from samplegrad_bench.estimators import bench_methods, default_knobs, is_score_function
+from samplegrad_bench.tasks.vae import (
     TrainConfig,
     VAEConfig,
     fit,

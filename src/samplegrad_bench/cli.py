@@ -8,24 +8,24 @@ import sys
 import time
 from pathlib import Path
 
-# name -> module under samplegrad.experiments; each defines add_arguments(parser) and run(args).
+# name -> module under samplegrad_bench.runners; each defines add_arguments(parser) and run(args).
 BENCHES: dict[str, str] = {
-    "gradients": "samplegrad.experiments.gradients",
-    "polyprog": "samplegrad.experiments.polyprog",
-    "sudoku": "samplegrad.experiments.sudoku",
-    "vae": "samplegrad.experiments.vae",
-    "langevin": "samplegrad.experiments.langevin",
-    "finetune": "samplegrad.experiments.finetune",
-    "spectral": "samplegrad.experiments.spectral",
-    "guidance": "samplegrad.experiments.guidance",
+    "gradients": "samplegrad_bench.runners.gradients",
+    "polyprog": "samplegrad_bench.runners.polyprog",
+    "sudoku": "samplegrad_bench.runners.sudoku",
+    "vae": "samplegrad_bench.runners.vae",
+    "langevin": "samplegrad_bench.runners.langevin",
+    "finetune": "samplegrad_bench.runners.finetune",
+    "spectral": "samplegrad_bench.runners.spectral",
+    "guidance": "samplegrad_bench.runners.guidance",
 }
 
 # other commands: name -> (module, help). Same contract as a bench.
 TOOLS: dict[str, tuple[str, str]] = {
-    "demo": ("samplegrad.experiments.demo", "the main job on embedded data, in a few minutes"),
-    "train-ddpm": ("samplegrad.experiments.train_ddpm",
+    "demo": ("samplegrad_bench.runners.demo", "the main job on embedded data, in a few minutes"),
+    "train-ddpm": ("samplegrad_bench.runners.train_ddpm",
                    "train the small DDPM on 8x8 digits (weights file for `bench finetune`)"),
-    "train-mdm": ("samplegrad.experiments.train_mdm",
+    "train-mdm": ("samplegrad_bench.runners.train_mdm",
                   "train the masked discrete diffusion models (checkpoints for `bench guidance`)"),
 }
 

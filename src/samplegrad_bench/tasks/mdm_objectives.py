@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from samplegrad.discrete.guidance import Objective
-from samplegrad.tasks.rewards import digit_log_prob
-from samplegrad.tasks.sudoku import penalty
+from samplegrad_bench.tasks.rewards import digit_log_prob
+from samplegrad_bench.tasks.sudoku import penalty
 
 SUDOKU_VOCAB, SUDOKU_LEN = 9, 81
 DIGITS_VOCAB, DIGITS_LEN = 2, 64

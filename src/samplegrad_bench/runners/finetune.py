@@ -37,23 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from samplegrad.data import load_digits
 from samplegrad.diffusion import SamplerSchedule, draw_noise, sample_path, sampling_schedule
-from samplegrad.experiments._common import (
-    Timer,
-    markdown_table,
-    progress,
-    save_figure,
-    saved_tensor_bytes,
-    write_json,
-)
-from samplegrad.experiments.train_ddpm import (
-    DEFAULT_WEIGHTS,
-    QUICK,
-    DDPMTrainConfig,
-    load_ddpm,
-    train_ddpm,
-)
 from samplegrad.implicit.finetune import (
     FinetuneConfig,
     adjoint_grad,
@@ -66,7 +50,23 @@ from samplegrad.implicit.finetune import (
     unrolled_loss,
     unrolled_step,
 )
-from samplegrad.tasks.rewards import brightness, digit_classifier, digit_log_prob
+from samplegrad_bench._common import (
+    Timer,
+    markdown_table,
+    progress,
+    save_figure,
+    saved_tensor_bytes,
+    write_json,
+)
+from samplegrad_bench.data import load_digits
+from samplegrad_bench.runners.train_ddpm import (
+    DEFAULT_WEIGHTS,
+    QUICK,
+    DDPMTrainConfig,
+    load_ddpm,
+    train_ddpm,
+)
+from samplegrad_bench.tasks.rewards import brightness, digit_classifier, digit_log_prob
 
 QUICK_WEIGHTS = Path("checkpoints/ddpm_digits_quick.pt")
 METHODS = ("implicit", "unrolled")

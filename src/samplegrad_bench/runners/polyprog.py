@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from samplegrad.experiments._common import (
+from samplegrad_bench._common import (
     Timer,
     markdown_table,
     progress,
@@ -28,8 +28,8 @@ from samplegrad.experiments._common import (
     seed_all,
     write_json,
 )
-from samplegrad.experiments._estimators import bench_methods, estimate
-from samplegrad.tasks import polyprog as task
+from samplegrad_bench.estimators import bench_methods, estimate
+from samplegrad_bench.tasks import polyprog as task
 
 _T1 = (0.1, 0.2, 0.4, 0.8)
 # knob sweeps per estimator (the reference settings are among them: redge t1=0.1, cov 0.2,

@@ -1,30 +1,24 @@
-"""Shared helpers for experiment runners: progress bars, tables, JSON, timing, memory."""
+"""Shared helpers for benchmark runners: tables, JSON, seeding, figures.
+
+Progress bars and measurement come from the library (re-exported here for the runners).
+"""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import resource
-import sys
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from samplegrad._progress import progress
+from samplegrad.profiling import Timer, peak_rss_mb, saved_tensor_bytes
 
-def progress(iterable: Iterable | None = None, *, desc: str = "", total: int | None = None,
-             leave: bool = False, **kw: Any) -> tqdm:
-    """A tqdm bar on stderr that stays quiet when stderr is not a terminal (CI, pipes)."""
-    disable = kw.pop("disable", None)
-    if disable is None:
-        disable = not sys.stderr.isatty()
-    return tqdm(iterable, desc=desc, total=total, leave=leave, disable=disable,
-                dynamic_ncols=True, **kw)
+__all__ = ["Timer", "markdown_table", "peak_rss_mb", "progress", "save_figure",
+           "saved_tensor_bytes", "seed_all", "write_json"]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -75,48 +69,6 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     out = [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in cells]
     return "\n".join(out)
-
-
-class Timer:
-    """``with Timer() as t: ...; t.seconds``."""
-
-    def __enter__(self) -> Timer:
-        self.start = time.perf_counter()
-        self.seconds = float("nan")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.start
-
-
-@contextlib.contextmanager
-def saved_tensor_bytes(exclude: Iterable[torch.Tensor] = ()) -> Iterator[dict[str, int]]:
-    """Count the bytes autograd saves for backward inside the block (its graph memory).
-
-    ``with saved_tensor_bytes() as m: loss = f(x)`` then ``m["bytes"]``. Tensors saved
-    twice (same storage) are counted once; storages of ``exclude`` (e.g. a network's
-    weights, which every linear layer saves but which cost no extra memory) are not counted.
-    """
-    seen: set[int] = {t.untyped_storage().data_ptr() for t in exclude}
-    stats = {"bytes": 0}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        try:
-            key = t.untyped_storage().data_ptr()
-        except RuntimeError:  # e.g. tensors without storage
-            key = id(t)
-        if key not in seen:
-            seen.add(key)
-            stats["bytes"] += t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield stats
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux: ru_maxrss is KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def seed_all(seed: int) -> torch.Generator:

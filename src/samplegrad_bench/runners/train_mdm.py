@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from samplegrad.checkpoint import save_checkpoint as atomic_save
 from samplegrad.discrete import (
     MDMConfig,
     TrainConfig,
@@ -27,9 +28,8 @@ from samplegrad.discrete import (
     train_init,
     train_step,
 )
-from samplegrad.discrete.tasks import digit_tokens, sudoku_grid, sudoku_tokens
-from samplegrad.experiments._common import Timer, markdown_table, progress, save_figure, write_json
-from samplegrad.tasks.checkpoint import save_checkpoint as atomic_save
+from samplegrad_bench._common import Timer, markdown_table, progress, save_figure, write_json
+from samplegrad_bench.tasks.mdm_objectives import digit_tokens, sudoku_grid, sudoku_tokens
 
 STAGES: dict[str, float] = {"weak": 0.03, "early": 0.2, "middle": 0.35, "final": 1.0}
 TASKS = ("sudoku", "digits")
@@ -63,11 +63,11 @@ def task_spec(task: str, quick: bool = False) -> TaskSpec:
 def task_data(task: str, spec: TaskSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train tokens, held-out tokens) of ``task``."""
     if task == "sudoku":
-        from samplegrad.tasks.sudoku import random_solutions
+        from samplegrad_bench.tasks.sudoku import random_solutions
 
         return (sudoku_tokens(random_solutions(spec.n_data, seed)),
                 sudoku_tokens(random_solutions(256, seed + 10_000)))
-    from samplegrad.data import load_digits
+    from samplegrad_bench.data import load_digits
 
     x_train, _ = load_digits("train", binarize=True)
     x_test, _ = load_digits("test", binarize=True)
@@ -83,7 +83,7 @@ def evaluate(model: torch.nn.Module, task: str, held_out: torch.Tensor, seed: in
     nelbo = sum(float(masked_diffusion_loss(model, held_out, generator=gen)) for _ in range(4))
     out = {"heldout_nelbo_per_token": nelbo / 4}
     if task == "sudoku":
-        from samplegrad.tasks.sudoku import violations
+        from samplegrad_bench.tasks.sudoku import violations
 
         x = sample(model, 20, batch_size=64, generator=gen)
         v = violations(sudoku_grid(x)).float()

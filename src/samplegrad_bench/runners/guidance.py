@@ -26,8 +26,7 @@ import torch
 
 from samplegrad.discrete import GuidanceConfig, guided_logits, load_model, make_guide, sample
 from samplegrad.discrete.sampler import initial_tokens
-from samplegrad.discrete.tasks import digit_objective, sudoku_grid, sudoku_objective, sudoku_tokens
-from samplegrad.experiments._common import (
+from samplegrad_bench._common import (
     Timer,
     markdown_table,
     peak_rss_mb,
@@ -36,7 +35,13 @@ from samplegrad.experiments._common import (
     saved_tensor_bytes,
     write_json,
 )
-from samplegrad.experiments._estimators import bench_methods, default_knobs
+from samplegrad_bench.estimators import bench_methods, default_knobs
+from samplegrad_bench.tasks.mdm_objectives import (
+    digit_objective,
+    sudoku_grid,
+    sudoku_objective,
+    sudoku_tokens,
+)
 
 UNGUIDED = "unguided"
 
@@ -106,7 +111,7 @@ def _run_batches(model, starts: torch.Tensor, n_steps: int, objective, gcfg, cfg
 
 def run_sudoku(model, method: str, cfg: BenchConfig, puzzles: torch.Tensor,
                seed: int) -> tuple[dict, torch.Tensor]:
-    from samplegrad.tasks.sudoku import is_solved, violations
+    from samplegrad_bench.tasks.sudoku import is_solved, violations
 
     given = sudoku_tokens(puzzles)
     gcfg = None if method == UNGUIDED else _guide_config(cfg, method, cfg.sudoku_kl_weight)
@@ -124,7 +129,7 @@ def run_sudoku(model, method: str, cfg: BenchConfig, puzzles: torch.Tensor,
 
 def run_digits(model, method: str, cfg: BenchConfig, classifier,
                seed: int) -> tuple[dict, torch.Tensor]:
-    from samplegrad.tasks.rewards import digit_log_prob
+    from samplegrad_bench.tasks.rewards import digit_log_prob
 
     objective = digit_objective(classifier, cfg.target_digit)
     starts = initial_tokens(model, cfg.n_digits)
@@ -171,7 +176,7 @@ def _plot_sudoku(puzzle: torch.Tensor, grids: dict[str, torch.Tensor], path: Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from samplegrad.tasks.sudoku import UNITS
+    from samplegrad_bench.tasks.sudoku import UNITS
 
     panels = {"puzzle": puzzle, **grids}
     fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
@@ -260,7 +265,7 @@ def _checkpoint(ckpt_dir: Path, task: str, stage: str, quick: bool) -> Path:
     if path.exists():
         return path
     if quick:  # tiny stand-in models, trained here in seconds
-        from samplegrad.experiments.train_mdm import ckpt_dir_for, train_task
+        from samplegrad_bench.runners.train_mdm import ckpt_dir_for, train_task
 
         qdir = ckpt_dir_for(ckpt_dir, True)
         if not (qdir / task / f"{stage}.pt").exists():
@@ -316,11 +321,11 @@ def _run_task(task: str, cfg: BenchConfig, methods: list[str], args: argparse.Na
     path = args.out / "guidance" / f"guidance_{task}{suffix}.json"
     puzzles = classifier = None
     if task == "sudoku":
-        from samplegrad.tasks.sudoku import generate_puzzles
+        from samplegrad_bench.tasks.sudoku import generate_puzzles
 
         puzzles, _ = generate_puzzles(cfg.n_puzzles, cfg.puzzle_seed, cfg.difficulty)
     elif task == "digits":
-        from samplegrad.tasks.rewards import digit_classifier
+        from samplegrad_bench.tasks.rewards import digit_classifier
 
         classifier = digit_classifier("checkpoints")
     else:
@@ -356,7 +361,7 @@ def _write_plots(rows, plots, cfg: BenchConfig, task: str, out_dir: Path, puzzle
         sel = [r for r in rows if r["checkpoint"] == stage]
         best = max((r for r in sel if r["estimator"] != UNGUIDED),
                    key=lambda r: (r["solved"], -r["violations"]))["estimator"]
-        from samplegrad.tasks.sudoku import violations
+        from samplegrad_bench.tasks.sudoku import violations
 
         g_best = plots[("sudoku", stage, best)]
         i = int(violations(g_best).argmin())

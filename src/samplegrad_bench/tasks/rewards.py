@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from samplegrad.data import load_digits
-from samplegrad.tasks.checkpoint import save_checkpoint
+from samplegrad.checkpoint import save_checkpoint
+from samplegrad_bench.data import load_digits
 
 __all__ = ["DigitMLP", "brightness", "digit_classifier", "digit_log_prob", "train_classifier"]
 

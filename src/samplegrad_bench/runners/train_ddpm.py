@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from samplegrad.data import load_digits
+from samplegrad.checkpoint import save_checkpoint
 from samplegrad.diffusion import EpsMLP, ddpm_loss, linear_alpha_bars
-from samplegrad.experiments._common import Timer, progress, write_json
-from samplegrad.tasks.checkpoint import save_checkpoint
+from samplegrad_bench._common import Timer, progress, write_json
+from samplegrad_bench.data import load_digits
 
 DEFAULT_WEIGHTS = Path("checkpoints/ddpm_digits.pt")
 

@@ -33,7 +33,6 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 FORMAT_VERSION = 1
@@ -46,16 +45,29 @@ class Stateful(Protocol):
 
 
 def capture_rng() -> dict[str, Any]:
-    """The global RNG states: torch (CPU), Python ``random`` and NumPy."""
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": np.random.get_state()}
+    """The global RNG states: torch (CPU, and CUDA when initialized), Python ``random`` and
+    NumPy (when installed)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+    except ImportError:
+        return state
+    state["numpy"] = np.random.get_state()
+    return state
 
 
 def restore_rng(state: dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng`."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import samplegrad as sg
-from samplegrad.experiments._common import markdown_table, write_json
+from samplegrad_bench._common import markdown_table, write_json
 
 
 def tv(onehots: torch.Tensor, probs: torch.Tensor) -> float:

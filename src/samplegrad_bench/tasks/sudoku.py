@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from samplegrad.tasks.checkpoint import save_checkpoint
+from samplegrad.checkpoint import save_checkpoint
 
 # difficulty -> number of clues kept (cells removed greedily while the solution stays unique)
 DIFFICULTY_CLUES: dict[str, int] = {"easy": 40, "medium": 32, "hard": 26}
