@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test bench bench-quick lint clean
+.PHONY: install demo test bench bench-quick lint docs clean
 
 install: $(STAMP)
 
@@ -16,19 +16,32 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 
+# writes runs/demo/ only (gitignored); `samplegrad demo --publish` rewrites docs/results/demo/
 demo: install
 	$(BIN)/samplegrad demo
 
 test: install
 	$(BIN)/python -m pytest -q
 
+# every `samplegrad bench NAME` in turn (run_all.py), outputs in runs/NAME/;
+# `make bench BENCH_ARGS=--publish` rewrites the committed docs/results/ instead (hours)
+BENCH_ARGS ?=
+
 bench: install
-	$(BIN)/python -m samplegrad_bench.runners.speed
-	$(BIN)/python -m samplegrad_bench.run_all
+	$(BIN)/python -m samplegrad_bench.run_all $(BENCH_ARGS)
 
 bench-quick: install
-	$(BIN)/python -m samplegrad_bench.runners.speed --quick
 	$(BIN)/python -m samplegrad_bench.run_all --quick
+
+# the API reference and methods site, strict (a broken link or reference fails); output in runs/
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): pyproject.toml | $(STAMP)
+	$(BIN)/pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: install $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict --site-dir runs/site
 
 lint: install
 	$(BIN)/ruff check src tests

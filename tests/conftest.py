@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -10,3 +12,17 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _samplegrad_home(tmp_path_factory):
+    """Caches and trained checkpoints go to a temporary SAMPLEGRAD_HOME, never the user's
+    cache or the checkout (the working directory is left alone)."""
+    home = tmp_path_factory.mktemp("samplegrad_home")
+    old = os.environ.get("SAMPLEGRAD_HOME")
+    os.environ["SAMPLEGRAD_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("SAMPLEGRAD_HOME", None)
+    else:
+        os.environ["SAMPLEGRAD_HOME"] = old

@@ -1,5 +1,6 @@
 """`samplegrad bench sudoku`: one optimization step per estimator family, and a tiny run."""
 
+import argparse
 import json
 
 import pytest
@@ -66,21 +67,30 @@ def test_cli_quick_smoke_writes_json_and_plot(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "| estimator" in out and "solved medium" in out
-    data = json.loads((tmp_path / "sudoku" / "sudoku_quick.json").read_text())
+    data = json.loads((tmp_path / "sudoku_quick.json").read_text())
     assert set(data["results"]) == {"redge", "rloo"}
     assert len(data["rows"]) == 4 and data["settings"]["budgets"] == [2, 4]
-    assert (tmp_path / "sudoku" / "sudoku_quick_solved.png").stat().st_size > 0
+    assert (tmp_path / "sudoku_quick_solved.png").stat().st_size > 0
     # --resume with the same settings reuses the stored estimators
     assert main(argv + ["--resume"]) == 0
-    again = json.loads((tmp_path / "sudoku" / "sudoku_quick.json").read_text())
+    again = json.loads((tmp_path / "sudoku_quick.json").read_text())
     assert again["results"]["redge"]["curve"] == data["results"]["redge"]["curve"]
 
 
-def test_bad_settings_are_errors(tmp_path):
-    with pytest.raises(ValueError, match="n_samples"):
-        main(["bench", "sudoku", "--out", str(tmp_path), "--n-samples", "1"])
-    with pytest.raises(ValueError, match="budgets"):
-        main(["bench", "sudoku", "--out", str(tmp_path), "--budgets", "0"])
+def test_bad_settings_are_usage_errors(tmp_path, capsys):
+    for flag, value in (("--n-samples", "1"), ("--budgets", "10,0"), ("--lr", "-1"),
+                        ("--methods", "redge,nope")):
+        with pytest.raises(SystemExit) as e:
+            main(["bench", "sudoku", "--out", str(tmp_path), flag, value])
+        assert e.value.code == 2
+        assert f"argument {flag}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="n_samples"):  # the config checks it too
+        B.config_from_args(argparse.Namespace(n_samples=1))
+
+
+def test_tuned_without_a_sweep_names_the_command(tmp_path, capsys):
+    assert main(["bench", "sudoku", "--out", str(tmp_path), "--tuned"]) == 1
+    assert "samplegrad bench sudoku --sweep" in capsys.readouterr().err
 
 
 def test_sweep_picks_a_setting_from_the_grid(tmp_path):

@@ -170,3 +170,43 @@ def test_distribution_rsample():
                                (torch.log_softmax(logits, -1) * y.detach()).sum(-1))
     with pytest.raises(ValueError, match="t1"):
         sg.ReDGECategorical(logits=logits, t1=0.0)
+
+
+def test_distribution_shapes_and_expand_keep_the_redge_settings():
+    logits = torch.randn(4, 3, requires_grad=True)
+    d = sg.ReDGECategorical(logits=logits, n_steps=3, t1=0.7, variant="paper", exact=True,
+                            validate_args=True)
+    assert d.batch_shape == (4,) and d.event_shape == (3,)
+    e = d.expand((2, 4))
+    assert type(e) is sg.ReDGECategorical
+    assert e.batch_shape == (2, 4) and e.event_shape == (3,)
+    assert (e.n_steps, e.t1, e.variant, e.exact, e.hard) == (3, 0.7, "paper", True, True)
+    assert e._validate_args is True
+    y = e.rsample((5,))
+    assert y.shape == (5, 2, 4, 3)
+    assert torch.equal(y.detach().sum(-1), torch.ones(5, 2, 4))
+    assert set(y.detach().unique().tolist()) <= {0.0, 1.0}  # valid one-hot samples
+    assert e.log_prob(y.detach()).shape == (5, 2, 4)  # passes support validation
+    y.sum().backward()
+    assert logits.grad is not None and logits.grad.shape == (4, 3)
+    assert e.sample((7,)).shape == (7, 2, 4, 3)
+    # torch.distributions helpers that go through expand
+    assert sg.ReDGECategorical(logits=torch.zeros(3), validate_args=False).expand(
+        (6,))._validate_args is False
+    batched = torch.distributions.Independent(d, 1)
+    assert batched.rsample((2,)).shape == (2, 4, 3)
+    with pytest.raises(ValueError):  # validate_args reaches OneHotCategorical's checks
+        sg.ReDGECategorical(probs=torch.tensor([-0.5, 1.5]), validate_args=True)
+    with pytest.raises(ValueError):  # and survives expand: a non-one-hot value is rejected
+        e.log_prob(torch.tensor([0.5, 0.5, 0.0]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_distribution_low_precision_logits(dtype):
+    logits = torch.randn(2, 5).to(dtype).requires_grad_(True)
+    d = sg.ReDGECategorical(logits=logits, n_steps=2, t1=0.5)
+    y = d.rsample((3,))
+    assert y.dtype == dtype and y.shape == (3, 2, 5)
+    assert torch.equal(y.detach().float().sum(-1), torch.ones(3, 2))
+    y.float().sum().backward()
+    assert logits.grad.dtype == dtype and torch.isfinite(logits.grad.float()).all()

@@ -85,3 +85,33 @@ def test_ddpm_loss_decreases_on_a_tiny_model():
     # the zero-initialized output layer predicts eps = 0, loss ~ E[eps^2] = 1
     assert before == pytest.approx(1.0, abs=0.1)
     assert after < 0.8 * before
+
+
+def test_schedule_moves_and_noise_follows_the_generator_device():
+    s = sampling_schedule(linear_alpha_bars(100), 4)
+    s64 = s.to(torch.float64, device="cpu")
+    assert s64.sigma.dtype == torch.float64 and s64.timesteps.dtype == torch.long
+    assert s.to(device="cpu").sigma.dtype == torch.float32  # dtype kept when not given
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    noise = draw_noise(s, 2, 3, gen, torch.float64, device="cpu")
+    assert noise.shape == (5, 2, 3) and noise.device == gen.device
+
+
+def test_eps_mlp_rejects_bad_sizes_naming_the_argument():
+    for kwargs, name in (({"dim": 0}, "dim"), ({"hidden": 0}, "hidden"),
+                         ({"n_blocks": -1}, "n_blocks"), ({"temb_dim": 3}, "temb_dim")):
+        with pytest.raises(ValueError, match=f"^{name}:"):
+            EpsMLP(**kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_sampler_and_loss_stay_on_the_gpu():
+    s = sampling_schedule(linear_alpha_bars(100), 4)  # the schedule stays on the CPU
+    m = EpsMLP(dim=4, hidden=8, n_blocks=1, temb_dim=4).cuda()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    noise = draw_noise(s, 3, 4, gen)
+    assert noise.is_cuda
+    with torch.no_grad():
+        assert sample(m, noise, s).is_cuda
+    x0 = torch.rand(5, 4, device="cuda")
+    assert ddpm_loss(m, x0, linear_alpha_bars(100), gen).is_cuda

@@ -6,9 +6,13 @@ import torch
 from samplegrad.discrete import (
     Denoiser,
     MDMConfig,
-    TrainConfig,
+    MDMTrainConfig,
+    MDMTrainState,
+    load_model,
+    load_train_state,
     mask_tokens,
     masked_diffusion_loss,
+    save_train_state,
     train_init,
     train_step,
 )
@@ -34,7 +38,7 @@ def test_mask_tokens_rate():
 
 @pytest.mark.parametrize("weighting", ["elbo", "unweighted"])
 def test_loss_decreases(weighting):
-    cfg = TrainConfig(steps=60, batch_size=32, lr=1e-2, warmup=1, weighting=weighting)
+    cfg = MDMTrainConfig(steps=60, batch_size=32, lr=1e-2, warmup=1, weighting=weighting)
     state = train_init(TINY, cfg, seed=0)
     data = torch.tensor([[0, 1, 2, 0, 1, 2], [2, 2, 1, 1, 0, 0]])
 
@@ -47,8 +51,9 @@ def test_loss_decreases(weighting):
 
     before = held_out()
     for _ in range(cfg.steps):
-        train_step(state, data, cfg)
+        state, info = train_step(state, data, cfg)
     after = held_out()
+    assert set(info) == {"loss", "lr"} and info["loss"] == state.losses[-1]
     assert after < 0.6 * before, (before, after)
 
 
@@ -73,6 +78,44 @@ def test_bad_configs_raise():
         MDMConfig(vocab_size=3, seq_len=6, width=10, heads=4)
     with pytest.raises(ValueError, match="vocab_size"):
         MDMConfig(vocab_size=0, seq_len=6)
+    with pytest.raises(ValueError, match="weighting"):
+        MDMTrainConfig(weighting="x")
+    with pytest.raises(ValueError, match="optimizer"):
+        MDMTrainConfig(optimizer="Adamm")
+    with pytest.raises(ValueError, match="warmup"):
+        MDMTrainConfig(warmup=-1)
+
+
+def test_train_state_round_trip_resumes_exactly(tmp_path):
+    cfg = MDMTrainConfig(steps=6, batch_size=8, lr=1e-2, warmup=2)
+    data = torch.tensor([[0, 1, 2, 0, 1, 2], [2, 2, 1, 1, 0, 0], [1, 0, 2, 1, 0, 2]])
+    straight = train_init(TINY, cfg, seed=3)
+    for _ in range(cfg.steps):
+        straight, _ = train_step(straight, data, cfg)
+    state = train_init(TINY, cfg, seed=3)
+    for _ in range(2):
+        state, info = train_step(state, data, cfg)
+    assert info["lr"] == pytest.approx(1e-2)  # end of the warm-up
+    path = save_train_state(tmp_path / "mdm.pt", state, cfg, {"note": 1})
+    resumed = load_train_state(path)
+    assert isinstance(resumed, MDMTrainState) and resumed.step == 2
+    while resumed.step < cfg.steps:
+        resumed, _ = train_step(resumed, data, cfg)
+    assert resumed.losses == straight.losses
+    for a, b in zip(resumed.model.parameters(), straight.model.parameters()):
+        torch.testing.assert_close(a, b)
+    model = load_model(path, map_location="cpu")
+    assert not model.training and isinstance(model, Denoiser)
+    with pytest.raises(FileNotFoundError, match="no masked-diffusion checkpoint"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_optimizer_factory_is_used():
+    cfg = MDMTrainConfig(steps=2, batch_size=4)
+    state = train_init(TINY, cfg, optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1))
+    assert isinstance(state.optimizer, torch.optim.SGD)
+    state, info = train_step(state, torch.zeros(3, 6, dtype=torch.long), cfg)
+    assert state.optimizer.param_groups[0]["lr"] == info["lr"]
 
 
 def test_task_adapters():
@@ -86,3 +129,17 @@ def test_task_adapters():
         sudoku_tokens(torch.full((81,), 10))
     with pytest.raises(ValueError, match="binarized"):
         digit_tokens(torch.full((2, 64), 0.5))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_training_and_sampling_on_the_gpu(tmp_path):
+    from samplegrad.discrete import sample
+
+    cfg = MDMTrainConfig(steps=2, batch_size=4, warmup=1)
+    state = train_init(TINY, cfg, seed=0, device="cuda")
+    state, info = train_step(state, torch.zeros(3, 6, dtype=torch.long), cfg)  # CPU data
+    path = save_train_state(tmp_path / "g.pt", state, cfg)
+    assert load_train_state(path, map_location="cuda").step == 1
+    x = sample(state.model, 3, batch_size=2,
+               generator=torch.Generator(device="cuda").manual_seed(0))
+    assert x.is_cuda and x.shape == (2, 6)

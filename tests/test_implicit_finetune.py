@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from samplegrad.diffusion import EpsMLP, draw_noise, linear_alpha_bars, sample_path
+from samplegrad.diffusion import EpsMLP, ddpm_step, draw_noise, linear_alpha_bars, sample_path
 from samplegrad.diffusion import sampling_schedule as make_sched
 from samplegrad.implicit.finetune import (
     FinetuneConfig,
@@ -64,12 +64,11 @@ def test_queue_advances_each_population_once_and_emits_one_per_iteration():
     t_total = 5
     sched = make_sched(linear_alpha_bars(100), t_total)
     cfg = FinetuneConfig(pop_size=3, lr=1e-3, kl_weight=0.1)
-    ref = {k: v.detach().clone() for k, v in params.items()}
-    state = finetune_init(m, params, sched, cfg, dim=D)
+    state = finetune_init(m, sched, cfg, dim=D)
     assert sorted(state.stage.tolist()) == list(range(t_total))  # staggered after warm-up
     for it in range(2 * t_total + 1):
         before = state.stage.clone()
-        state, info = finetune_step(state, m, ref, sched, reward, cfg)
+        state, info = finetune_step(state, m, sched, reward, cfg)
         p = info["finished_slot"]
         assert before[p] == t_total - 1  # the one that was one step from the end finished
         expected = before + 1
@@ -77,7 +76,7 @@ def test_queue_advances_each_population_once_and_emits_one_per_iteration():
         assert state.stage.tolist() == expected.tolist()
         assert state.iteration == it + 1
         assert torch.isfinite(state.paths[p, 0]).all()
-        assert set(info) >= {"reward", "kl", "finished_slot"}
+        assert set(info) >= {"reward", "kl", "grad_norm", "finished_slot"}
     # the same population slot finishes every T iterations
     assert sorted(state.stage.tolist()) == list(range(t_total))
 
@@ -86,11 +85,11 @@ def test_queue_with_one_step_and_unrolled_step_run():
     m, params = tiny(torch.float32)
     sched = make_sched(linear_alpha_bars(100), 1)
     cfg = FinetuneConfig(pop_size=4, kl_weight=0.0)
-    state = finetune_init(m, params, sched, cfg, dim=D)
-    state, info = finetune_step(state, m, None, sched, reward, cfg)
+    state = finetune_init(m, sched, cfg, dim=D)
+    state, info = finetune_step(state, m, sched, reward, cfg)
     assert info["finished_slot"] == 0 and state.stage.tolist() == [0]
-    us = unrolled_init(params, cfg)
-    us, info = unrolled_step(us, m, None, sched, reward, cfg, dim=D)
+    us = unrolled_init(m, cfg)
+    us, info = unrolled_step(us, m, sched, reward, cfg, dim=D)
     assert us.iteration == 1 and torch.isfinite(torch.tensor(info["reward"]))
 
 
@@ -135,10 +134,115 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="noise"):
         unrolled_loss(m, params, None, path[:3], sched, reward)
     with pytest.raises(ValueError, match="pop_size"):
-        finetune_init(m, params, sched, FinetuneConfig(pop_size=0), dim=D)
+        FinetuneConfig(pop_size=0)
     with pytest.raises(ValueError, match="lr"):
-        unrolled_init(params, FinetuneConfig(lr=0.0))
-    state = finetune_init(m, params, sched, FinetuneConfig(pop_size=2), dim=D)
+        FinetuneConfig(lr=0.0)
+    with pytest.raises(ValueError, match="optimizer"):
+        FinetuneConfig(optimizer="NoSuchOptimizer")
+    with pytest.raises(ValueError, match="kl_weight"):
+        FinetuneConfig(kl_weight=float("nan"))
+    with pytest.raises(ValueError, match="model"):
+        finetune_init(params, sched, FinetuneConfig(pop_size=2), dim=D)  # a dict, not a module
+    with pytest.raises(ValueError, match="dim"):
+        finetune_init(m, sched, FinetuneConfig(pop_size=2), dim=0)
+    state = finetune_init(m, sched, FinetuneConfig(pop_size=2), dim=D)
     with pytest.raises(ValueError, match="T ="):
-        finetune_step(state, m, None, make_sched(linear_alpha_bars(100), 3, torch.float64),
+        finetune_step(state, m, make_sched(linear_alpha_bars(100), 3, torch.float64),
                       reward, FinetuneConfig(pop_size=2))
+    other, _ = tiny(seed=3)
+    with pytest.raises(ValueError, match="model"):
+        finetune_step(state, other, sched, reward, FinetuneConfig(pop_size=2))
+    frozen, _ = tiny()
+    frozen.requires_grad_(False)
+    with pytest.raises(ValueError, match="requires_grad"):
+        unrolled_init(frozen, FinetuneConfig())
+
+
+def _old_adam(grads, state, params, lr, b1=0.9, b2=0.999, eps=1e-8):
+    """The hand-written Adam this module used before torch.optim (kept to pin the math)."""
+    m, v, c = state
+    c += 1
+    m = {k: m[k] * b1 + (1 - b1) * grads[k] for k in params}
+    v = {k: v[k] * b2 + (1 - b2) * grads[k] ** 2 for k in params}
+    new = {k: (params[k] - lr * (m[k] / (1 - b1**c)) / ((v[k] / (1 - b2**c)).sqrt() + eps))
+           .detach().requires_grad_(True) for k in params}
+    return new, (m, v, c)
+
+
+def test_unrolled_step_trains_the_model_in_place_with_the_old_adam_math():
+    m, params = tiny()
+    sched = make_sched(linear_alpha_bars(200), 4, torch.float64)
+    cfg = FinetuneConfig(pop_size=5, lr=1e-2, kl_weight=0.3, seed=7)
+    init = {k: v.detach().clone() for k, v in params.items()}
+    state = unrolled_init(m, cfg)
+    # reference: the old functional loop on a params dict, same noise stream
+    gen = torch.Generator().manual_seed(cfg.seed)
+    ref_p = {k: v.clone().requires_grad_(True) for k, v in init.items()}
+    adam = ({k: torch.zeros_like(v) for k, v in init.items()},
+            {k: torch.zeros_like(v) for k, v in init.items()}, 0)
+    for _ in range(3):
+        state, info = unrolled_step(state, m, sched, reward, cfg, dim=D)
+        noise = draw_noise(sched, cfg.pop_size, D, gen, torch.float64)
+        loss, info_old = unrolled_loss(m, ref_p, init, noise, sched, reward, cfg.kl_weight)
+        g = dict(zip(ref_p, torch.autograd.grad(loss, list(ref_p.values()))))
+        ref_p, adam = _old_adam(g, adam, ref_p, cfg.lr)
+        assert info["reward"] == pytest.approx(info_old["reward"], rel=1e-9)
+        assert info["kl"] == pytest.approx(info_old["kl"], rel=1e-9)
+    assert state.iteration == 3
+    for k, p in m.named_parameters():
+        torch.testing.assert_close(p.detach(), ref_p[k].detach(), rtol=1e-9, atol=1e-12, msg=k)
+        torch.testing.assert_close(state.ref_params[k], init[k])  # the reference stays frozen
+        assert p.grad is None  # no stale gradients left on the user's model
+
+
+def test_queue_step_is_one_optimizer_step_on_the_adjoint_gradient():
+    m, _ = tiny()
+    sched = make_sched(linear_alpha_bars(100), 1, torch.float64)  # T = 1: no warm-up
+    cfg = FinetuneConfig(pop_size=4, kl_weight=0.0, seed=3)
+    lr = 0.05
+    state = finetune_init(m, sched, cfg, dim=D,
+                          optimizer=lambda ps: torch.optim.SGD(ps, lr=lr))
+    assert isinstance(state.optimizer, torch.optim.SGD)
+    before = {k: v.detach().clone() for k, v in m.named_parameters()}
+    x1 = state.paths[0, 1].clone()
+    state, info = finetune_step(state, m, sched, reward, cfg)
+    # replay: the same sampler step from x1 with the same noise, then the adjoint gradient
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.randn(1, cfg.pop_size, D, generator=gen, dtype=torch.float64)  # init's x_T draw
+    z = torch.randn(1, cfg.pop_size, D, generator=gen, dtype=torch.float64)[0]
+    path = torch.stack([ddpm_step(lambda x, t: torch.func.functional_call(m, before, (x, t)),
+                                  x1, 0, sched, z), x1])
+    leaves = {k: v.clone().requires_grad_(True) for k, v in before.items()}
+    grads, _ = adjoint_grad(m, leaves, None, path, sched, reward)
+    for k, p in m.named_parameters():
+        torch.testing.assert_close(p.detach(), before[k] - lr * grads[k], msg=k)
+
+
+def test_only_the_optimized_parameters_change():
+    m, _ = tiny()
+    m.inp.requires_grad_(False)  # a frozen layer stays out of the optimizer
+    sched = make_sched(linear_alpha_bars(100), 3, torch.float64)
+    cfg = FinetuneConfig(pop_size=3, lr=1e-2)
+    state = finetune_init(m, sched, cfg, dim=D,
+                          optimizer=lambda ps: torch.optim.Adam(ps[-2:], lr=1e-2))
+    before = {k: v.detach().clone() for k, v in m.named_parameters()}
+    for _ in range(2):
+        state, _ = finetune_step(state, m, sched, reward, cfg)
+    changed = {k for k, v in m.named_parameters() if not torch.equal(v.detach(), before[k])}
+    assert changed == {"out.weight", "out.bias"}
+    assert set(state.ref_params) == set(before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_queue_and_baseline_stay_on_the_model_device():
+    m, _ = tiny(torch.float32)
+    m = m.cuda()
+    sched = make_sched(linear_alpha_bars(100), 3)  # the schedule may stay on the CPU
+    cfg = FinetuneConfig(pop_size=2, kl_weight=0.1)
+    state = finetune_init(m, sched, cfg, dim=D)
+    assert state.paths.is_cuda and state.generator.device.type == "cuda"
+    state, info = finetune_step(state, m, sched, reward, cfg)
+    assert all(v.is_cuda for v in state.ref_params.values())
+    us = unrolled_init(m, cfg)
+    us, info = unrolled_step(us, m, sched, reward, cfg, dim=D)
+    assert torch.isfinite(torch.tensor(info["reward"]))

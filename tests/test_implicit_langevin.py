@@ -242,7 +242,7 @@ def test_bench_runner_tiny_settings(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "| method" in out and "unrolled T=3" in out and "speed-up of implicit" in out
-    data = json.loads((tmp_path / "langevin" / "langevin.json").read_text())
+    data = json.loads((tmp_path / "langevin.json").read_text())  # --out DIR: files in DIR
     assert len(data["table"]) == 4 and data["settings"]["n_inner"] == 3
-    assert (tmp_path / "langevin" / "contours.png").exists()
-    assert (tmp_path / "langevin" / "reward_curves.png").exists()
+    assert (tmp_path / "contours.png").exists()
+    assert (tmp_path / "reward_curves.png").exists()

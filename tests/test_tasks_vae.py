@@ -12,18 +12,21 @@ import samplegrad as sg
 from samplegrad.checkpoint import load_checkpoint
 from samplegrad_bench.estimators import bench_methods, default_knobs, is_score_function
 from samplegrad_bench.tasks.vae import (
-    TrainConfig,
     VAEConfig,
+    VAETrainConfig,
+    VAETrainState,
     all_configs,
     bernoulli_log_lik,
     enumerate_log_px,
     enumerate_neg_elbo,
     fit,
-    init_train,
     iwae_bound,
     kl_to_uniform,
+    load_train_state,
     log_q,
     neg_elbo,
+    save_train_state,
+    train_init,
     train_step,
     training_loss,
 )
@@ -33,7 +36,7 @@ TINY = VAEConfig(n_pixels=4, n_latent=2, n_classes=3, hidden=(8,))
 
 def _tiny_model(seed=0, scale=3.0):
     torch.manual_seed(seed)
-    model = init_train(TINY, TrainConfig(), seed).model
+    model = train_init(TINY, VAETrainConfig(), seed).model
     with torch.no_grad():  # larger weights: peaked likelihoods, a visible ELBO/IWAE gap
         for p in model.parameters():
             p.mul_(scale)
@@ -134,17 +137,17 @@ def test_bad_arguments_raise_value_errors():
     with pytest.raises(ValueError, match="n_classes"):
         VAEConfig(n_classes=1)
     with pytest.raises(ValueError, match="lr"):
-        TrainConfig(lr=0.0)
+        VAETrainConfig(lr=0.0)
     with pytest.raises(ValueError, match="batch_size"):
-        TrainConfig(batch_size=0)
+        VAETrainConfig(batch_size=0)
     model, x = _tiny_model(), _tiny_data()
     with pytest.raises(ValueError, match="n_samples"):
         neg_elbo(model, x, 0)
     with pytest.raises(ValueError, match="n_samples"):
         iwae_bound(model, x, 0)
-    state = init_train(TINY, TrainConfig(), 0)
+    state = train_init(TINY, VAETrainConfig(), 0)
     with pytest.raises(ValueError, match="steps"):
-        fit(state, x, TrainConfig(), -1)
+        fit(state, x, VAETrainConfig(), -1)
 
 
 @pytest.mark.parametrize("name", ["straight_through", "reinforce", "rloo", "redge_exact"])
@@ -152,7 +155,7 @@ def test_training_loss_value_is_unbiased_for_neg_elbo(name):
     """For estimators feeding hard samples to the decoder, the surrogate's value is an
     unbiased estimate of the batch-mean −ELBO."""
     model, x = _tiny_model(), _tiny_data()
-    cfg = TrainConfig(estimator=name, knobs=default_knobs(name),
+    cfg = VAETrainConfig(estimator=name, knobs=default_knobs(name),
                       n_samples=2 if name == "rloo" else 1)
     reps, copies = 20, 150  # each value averages 150 independent copies of the batch
     xr = x.repeat(copies, 1)
@@ -165,7 +168,7 @@ def test_training_loss_value_is_unbiased_for_neg_elbo(name):
 @pytest.mark.parametrize("name", bench_methods())
 def test_every_estimator_trains_encoder_and_decoder(name):
     model, x = _tiny_model(), _tiny_data()
-    cfg = TrainConfig(estimator=name, knobs=default_knobs(name),
+    cfg = VAETrainConfig(estimator=name, knobs=default_knobs(name),
                       n_samples=2 if name == "rloo" else 1)
     loss, vals = training_loss(model, x, cfg, baseline=5.0)
     per_datapoint = is_score_function(name)  # score functions: one value per image
@@ -181,9 +184,9 @@ def test_every_estimator_trains_encoder_and_decoder(name):
 def test_training_reduces_the_loss():
     protos = torch.tensor([[1.0, 1, 0, 0], [0, 0, 1, 1], [1, 0, 1, 0]])
     x = protos[torch.arange(60) % 3]  # three images: the optimum -ELBO is log 3 = 1.10
-    cfg = TrainConfig(estimator="redge_exact", knobs=default_knobs("redge_exact"),
+    cfg = VAETrainConfig(estimator="redge_exact", knobs=default_knobs("redge_exact"),
                       batch_size=30, lr=2e-2)
-    state = init_train(TINY, cfg, 0)
+    state = train_init(TINY, cfg, 0)
     before = float(enumerate_neg_elbo(state.model, protos).mean())
     fit(state, x, cfg, 200)
     after = float(enumerate_neg_elbo(state.model, protos).mean())
@@ -204,10 +207,10 @@ def _same_state(a, b):
 @pytest.mark.parametrize("name", ["reinforce", "redge"])
 def test_resume_after_interrupt_is_identical(tmp_path, name):
     data = torch.rand(40, 4)  # intensities: dynamic binarization draws from the RNG too
-    cfg = TrainConfig(estimator=name, knobs=default_knobs(name), batch_size=8,
+    cfg = VAETrainConfig(estimator=name, knobs=default_knobs(name), batch_size=8,
                       dynamic_binarization=True)
     k, j, every = 12, 7, 5
-    straight = fit(init_train(TINY, cfg, 0), data, cfg, k, tmp_path / "a.pt", every)
+    straight = fit(train_init(TINY, cfg, 0), data, cfg, k, tmp_path / "a.pt", every)
 
     def interrupt(state):
         if state.step == j:
@@ -215,23 +218,23 @@ def test_resume_after_interrupt_is_identical(tmp_path, name):
 
     path = tmp_path / "b.pt"
     with pytest.raises(KeyboardInterrupt):
-        fit(init_train(TINY, cfg, 0), data, cfg, k, path, every, callback=interrupt)
+        fit(train_init(TINY, cfg, 0), data, cfg, k, path, every, callback=interrupt)
     assert load_checkpoint(path)["step"] == j  # saved at the interrupt, between checkpoints
     torch.manual_seed(1234)  # unrelated draws in between must not matter
     torch.rand(100)
-    resumed = fit(init_train(TINY, cfg, 0), data, cfg, k, path, every)
+    resumed = fit(train_init(TINY, cfg, 0), data, cfg, k, path, every)
     _same_state(straight, resumed)
     assert load_checkpoint(path)["step"] == k
     # the final checkpoint restores the same state into a fresh model
-    again = fit(init_train(TINY, cfg, 5), data, cfg, k, path, every)
+    again = fit(train_init(TINY, cfg, 5), data, cfg, k, path, every)
     _same_state(straight, again)
 
 
 def test_sigint_stops_at_a_step_boundary_and_resumes(tmp_path):
     data = _tiny_data(n=30, seed=4)
-    cfg = TrainConfig(estimator="gumbel_soft", knobs=default_knobs("gumbel_soft"),
+    cfg = VAETrainConfig(estimator="gumbel_soft", knobs=default_knobs("gumbel_soft"),
                       batch_size=8)
-    straight = fit(init_train(TINY, cfg, 0), data, cfg, 9, None)
+    straight = fit(train_init(TINY, cfg, 0), data, cfg, 9, None)
 
     def ctrl_c(state):
         if state.step == 4:
@@ -239,19 +242,39 @@ def test_sigint_stops_at_a_step_boundary_and_resumes(tmp_path):
 
     path = tmp_path / "c.pt"
     with pytest.raises(KeyboardInterrupt):
-        fit(init_train(TINY, cfg, 0), data, cfg, 9, path, every=100, callback=ctrl_c)
+        fit(train_init(TINY, cfg, 0), data, cfg, 9, path, every=100, callback=ctrl_c)
     assert load_checkpoint(path)["step"] == 4
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    resumed = fit(init_train(TINY, cfg, 0), data, cfg, 9, path, every=100)
+    resumed = fit(train_init(TINY, cfg, 0), data, cfg, 9, path, every=100)
     _same_state(straight, resumed)
 
 
 def test_train_step_records_history_and_baseline():
-    cfg = TrainConfig(estimator="reinforce", batch_size=4, baseline_decay=0.5)
-    state = init_train(TINY, cfg, 0)
+    cfg = VAETrainConfig(estimator="reinforce", batch_size=4, baseline_decay=0.5)
+    state = train_init(TINY, cfg, 0)
     x = _tiny_data(n=4)
-    v1 = train_step(state, x, cfg)
-    assert state.step == 1 and state.history == [v1] and state.baseline is not None
+    state, info = train_step(state, x, cfg)
+    assert isinstance(state, VAETrainState) and set(info) == {"loss"}
+    assert state.step == 1 and state.history == [info["loss"]] and state.baseline is not None
     b1 = state.baseline
-    train_step(state, x, cfg)
+    state, _ = train_step(state, x, cfg)
     assert state.baseline != b1
+
+
+def test_save_and_load_train_state_round_trip(tmp_path):
+    cfg = VAETrainConfig(estimator="reinforce", batch_size=4)
+    state = train_init(TINY, cfg, 0)
+    for _ in range(3):
+        state, _ = train_step(state, _tiny_data(n=4), cfg)
+    path = save_train_state(tmp_path / "vae.pt", state, note="x")
+    fresh = train_init(TINY, cfg, 9)
+    got = load_train_state(path, fresh)
+    assert got is not None and got["note"] == "x"
+    _same_state(state, fresh)
+    assert load_train_state(tmp_path / "missing.pt", fresh) is None
+
+
+def test_optimizer_factory_is_used():
+    state = train_init(TINY, VAETrainConfig(), 0,
+                       optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1))
+    assert isinstance(state.optimizer, torch.optim.SGD)

@@ -13,8 +13,11 @@ class ReDGECategorical(OneHotCategorical):
     """``OneHotCategorical`` whose ``rsample`` is reparameterized by ReDGE.
 
     ``ReDGECategorical(logits=..., n_steps=5, t1=0.5).rsample((n,))`` returns one-hot
-    samples ``(n, *batch, K)`` carrying ReDGE's gradient (``hard=False``: the soft samples).
-    ``log_prob``, ``entropy``, ``sample`` etc. are those of ``OneHotCategorical``.
+    samples ``(n, *batch_shape, K)`` carrying ReDGE's gradient (``hard=False``: the soft
+    samples). ``batch_shape`` is ``logits.shape[:-1]``, ``event_shape`` is ``(K,)``;
+    ``expand`` keeps the ReDGE settings (``n_steps``, ``t1``, ``variant``, ``exact``,
+    ``hard``). ``log_prob``, ``entropy``, ``sample`` etc. are those of ``OneHotCategorical``;
+    ``validate_args`` is passed to it.
     """
 
     has_rsample = True
@@ -25,11 +28,24 @@ class ReDGECategorical(OneHotCategorical):
                  exact: bool = False, hard: bool = True, validate_args: bool | None = None):
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        self.n_steps, self.t1 = check_n_steps(n_steps), check_t1(t1)
-        self.variant, self.exact, self.hard = variant, bool(exact), bool(hard)
+        self._set_knobs(check_n_steps(n_steps), check_t1(t1), variant, bool(exact), bool(hard))
         super().__init__(probs=probs, logits=logits, validate_args=validate_args)
 
+    def _set_knobs(self, n_steps: int, t1: float, variant: str, exact: bool,
+                   hard: bool) -> None:
+        self.n_steps, self.t1, self.variant, self.exact, self.hard = (
+            n_steps, t1, variant, exact, hard)
+
+    def expand(self, batch_shape: torch.Size | tuple[int, ...],
+               _instance: ReDGECategorical | None = None) -> ReDGECategorical:
+        """The same distribution broadcast to ``batch_shape`` (no copy of the logits), with
+        the same ReDGE settings and ``validate_args``."""
+        new = self._get_checked_instance(ReDGECategorical, _instance)
+        new._set_knobs(self.n_steps, self.t1, self.variant, self.exact, self.hard)
+        return super().expand(batch_shape, _instance=new)
+
     def rsample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+        """ReDGE samples ``(*sample_shape, *batch_shape, K)``, differentiable in the logits."""
         shape = self._extended_shape(torch.Size(sample_shape))
         logits = self.logits.expand(shape)
         return redge(logits, self.n_steps, self.t1, self.hard, variant=self.variant,

@@ -5,7 +5,7 @@ schedule ``alpha_t = 1 - t``; the prior is exactly ``Cat(softmax(logits))``, so 
 ``E[x_0 | x_t] = softmax(logits + alpha_t / sigma_t**2 * x_t)`` is closed form. A few
 deterministic DDIM steps carry a Gaussian seed to the endpoint ``t1``; the soft sample is
 the denoiser there, the hard sample a one-hot draw, and the gradient is pathwise through
-every DDIM step (see METHODS.md section 1).
+every DDIM step (see docs/methods.md#redge).
 
 Speed and memory: the sampler runs inside one autograd Function that saves only the seed
 (``O(1)`` tensors whatever ``n_steps``) and recomputes the path in backward, with the

@@ -22,14 +22,15 @@ def ddpm_loss(model: EpsModel, x0: Tensor, alpha_bars: Tensor,
               generator: torch.Generator | None = None) -> Tensor:
     """Mean squared noise-prediction error at uniform random timesteps (DDPM's L_simple).
 
-    ``x0`` ``(N, d)`` clean data (scaled to [-1, 1]); ``alpha_bars`` ``(n_train,)``.
+    ``x0`` ``(N, d)`` clean data (scaled to [-1, 1]); ``alpha_bars`` ``(n_train,)``. The
+    timesteps and noise are drawn on ``x0``'s device (``generator`` must live there).
     """
     if x0.dim() != 2:
         raise ValueError(f"x0 must be shaped (N, d), got {tuple(x0.shape)}")
     n = x0.shape[0]
-    t = torch.randint(0, alpha_bars.shape[0], (n,), generator=generator)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-    ab = alpha_bars.to(x0.dtype)[t][:, None]
+    t = torch.randint(0, alpha_bars.shape[0], (n,), generator=generator, device=x0.device)
+    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    ab = alpha_bars.to(x0)[t][:, None]
     xt = ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
     return (model(xt, t) - eps).pow(2).mean()
 
@@ -38,26 +39,32 @@ def step_mean(model: EpsModel, x: Tensor, step: Tensor | int, sched: SamplerSche
     """Mean ``mu_theta(x_{j+1}, j)`` of the ancestral step ``j``; ``x`` ``(N, d)``.
 
     ``step`` is one step index or one per row ``(N,)`` (a batch of populations at different
-    stages of the sampler, advanced by a single network call).
+    stages of the sampler, advanced by a single network call). The network gets the
+    timesteps on ``x``'s device.
     """
     n = x.shape[0]
-    j = torch.as_tensor(step, dtype=torch.long).expand(n)
-    eps = model(x, sched.timesteps[j])
-    return sched.coef_x[j, None].to(x.dtype) * x - sched.coef_eps[j, None].to(x.dtype) * eps
+    j = torch.as_tensor(step, dtype=torch.long, device=sched.timesteps.device).expand(n)
+    eps = model(x, sched.timesteps[j].to(x.device))
+    return sched.coef_x[j, None].to(x) * x - sched.coef_eps[j, None].to(x) * eps
 
 
 def ddpm_step(model: EpsModel, x: Tensor, step: Tensor | int, sched: SamplerSchedule,
               noise: Tensor) -> Tensor:
     """One ancestral step ``x_{j+1} -> x_j = mu_theta(x_{j+1}, j) + sigma_j * noise``."""
-    j = torch.as_tensor(step, dtype=torch.long).expand(x.shape[0])
-    return step_mean(model, x, j, sched) + sched.sigma[j, None].to(x.dtype) * noise
+    j = torch.as_tensor(step, dtype=torch.long, device=sched.timesteps.device).expand(x.shape[0])
+    return step_mean(model, x, j, sched) + sched.sigma[j, None].to(x) * noise
 
 
 def draw_noise(sched: SamplerSchedule, n: int, dim: int = 64,
                generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float32) -> Tensor:
-    """Standard normal noise for one sampler run: ``(T + 1, n, dim)``."""
-    return torch.randn(sched.n_steps + 1, n, dim, generator=generator, dtype=dtype)
+               dtype: torch.dtype = torch.float32, *,
+               device: torch.device | str | None = None) -> Tensor:
+    """Standard normal noise for one sampler run: ``(T + 1, n, dim)`` on ``device`` (default:
+    the generator's device, else the CPU)."""
+    if device is None and generator is not None:
+        device = generator.device
+    return torch.randn(sched.n_steps + 1, n, dim, generator=generator, dtype=dtype,
+                       device=device)
 
 
 def _check_noise(noise: Tensor, sched: SamplerSchedule) -> None:

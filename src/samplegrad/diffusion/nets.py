@@ -7,11 +7,14 @@ import math
 import torch
 from torch import Tensor, nn
 
+from samplegrad._config import check_int
+
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
     """Sinusoidal embedding of (float or int) timesteps ``(N,) -> (N, dim)``; ``dim`` even."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
+    freqs = torch.exp(-math.log(max_period)
+                      * torch.arange(half, dtype=torch.float64, device=t.device) / half)
     args = t.to(torch.float64)[:, None] * freqs[None]
     return torch.cat([args.cos(), args.sin()], dim=-1)
 
@@ -26,8 +29,11 @@ class EpsMLP(nn.Module):
     def __init__(self, dim: int = 64, hidden: int = 256, n_blocks: int = 3,
                  temb_dim: int = 64) -> None:
         super().__init__()
-        if dim < 1 or hidden < 1 or n_blocks < 0 or temb_dim < 2 or temb_dim % 2:
-            raise ValueError("dim, hidden must be >= 1, n_blocks >= 0, temb_dim even >= 2")
+        check_int(dim, "dim", 1)
+        check_int(hidden, "hidden", 1)
+        check_int(n_blocks, "n_blocks", 0)
+        if check_int(temb_dim, "temb_dim", 2) % 2:
+            raise ValueError(f"temb_dim: must be even, got {temb_dim}")
         self.dim, self.temb_dim = dim, temb_dim
         self.temb = nn.Sequential(nn.Linear(temb_dim, hidden), nn.SiLU())
         self.inp = nn.Linear(dim, hidden)

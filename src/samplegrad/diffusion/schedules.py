@@ -49,9 +49,12 @@ class SamplerSchedule(NamedTuple):
     def n_steps(self) -> int:
         return int(self.timesteps.shape[0])
 
-    def to(self, dtype: torch.dtype) -> SamplerSchedule:
-        """The same schedule with float fields in ``dtype`` (timesteps stay long)."""
-        return SamplerSchedule(self.timesteps, *(f.to(dtype) for f in tuple(self)[1:]))
+    def to(self, dtype: torch.dtype | None = None, *,
+           device: torch.device | str | None = None) -> SamplerSchedule:
+        """The same schedule with float fields in ``dtype`` (timesteps stay long) and/or
+        every field on ``device``."""
+        floats = (f.to(device=device, dtype=dtype) for f in tuple(self)[1:])
+        return SamplerSchedule(self.timesteps.to(device), *floats)
 
 
 def sampling_schedule(alpha_bars: Tensor, n_steps: int,

@@ -13,18 +13,18 @@ from samplegrad.discrete.sampler import (
     unmask_step,
 )
 from samplegrad.discrete.train import (
-    TrainConfig,
-    TrainState,
-    load_checkpoint,
+    MDMTrainConfig,
+    MDMTrainState,
     load_model,
-    save_checkpoint,
+    load_train_state,
+    save_train_state,
     train_init,
     train_step,
 )
 
 __all__ = [
-    "Denoiser", "GuidanceConfig", "MDMConfig", "TrainConfig", "TrainState",
+    "Denoiser", "GuidanceConfig", "MDMConfig", "MDMTrainConfig", "MDMTrainState",
     "categorical_draw", "check_tokens", "guided_logits", "initial_tokens", "kl_categorical",
-    "load_checkpoint", "load_model", "make_guide", "mask_tokens", "masked_diffusion_loss",
-    "sample", "save_checkpoint", "train_init", "train_step", "unmask_step",
+    "load_model", "load_train_state", "make_guide", "mask_tokens", "masked_diffusion_loss",
+    "sample", "save_train_state", "train_init", "train_step", "unmask_step",
 ]

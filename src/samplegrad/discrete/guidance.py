@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from samplegrad._config import check_bool, check_choice, check_int, check_real
+from samplegrad._optim import check_lr
 from samplegrad.categorical.registry import get_method, methods, surrogate
 from samplegrad.discrete.sampler import Guide, kl_categorical
 
@@ -52,19 +54,16 @@ class GuidanceConfig:
     knobs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        choices = [m for m in methods() if m != "exact"]
-        if self.method not in choices:
-            raise ValueError(f"method must be one of {choices}; got {self.method!r}")
-        if self.kl_mode not in KL_MODES:
-            raise ValueError(f"kl_mode must be one of {KL_MODES}; got {self.kl_mode!r}")
-        if not isinstance(self.n_opt_steps, int) or self.n_opt_steps < 0:
-            raise ValueError(f"n_opt_steps must be an int >= 0; got {self.n_opt_steps!r}")
-        if not isinstance(self.n_samples, int) or self.n_samples < 1:
-            raise ValueError(f"n_samples must be a positive int; got {self.n_samples!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0; got {self.lr!r}")
-        if not self.kl_weight >= 0:
-            raise ValueError(f"kl_weight must be >= 0; got {self.kl_weight!r}")
+        check_choice(self.method, "method", [m for m in methods() if m != "exact"])
+        check_int(self.n_samples, "n_samples", 1)
+        check_int(self.n_opt_steps, "n_opt_steps", 0)
+        check_lr(self.lr)
+        check_real(self.kl_weight, "kl_weight", ge=0, allow_inf=True)
+        check_choice(self.kl_mode, "kl_mode", KL_MODES)
+        check_bool(self.warm_start, "warm_start")
+        if not isinstance(self.knobs, dict):
+            raise ValueError(f"knobs: must be a dict of estimator settings, got "
+                             f"{type(self.knobs).__name__}")
 
 
 def _expected_objective(theta: Tensor, fixed: Tensor, masked: Tensor, objective: Objective,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from samplegrad._config import check_int
+
 
 @dataclass(frozen=True)
 class MDMConfig:
@@ -28,11 +30,10 @@ class MDMConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "width", "depth", "heads", "mlp_ratio"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int; got {v!r}")
+            check_int(getattr(self, name), name, 1)
         if self.width % self.heads:
-            raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
+            raise ValueError(f"width: must be divisible by heads ({self.heads}), got "
+                             f"{self.width}")
 
     @property
     def mask_id(self) -> int:

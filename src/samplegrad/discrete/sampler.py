@@ -50,14 +50,17 @@ def kl_categorical(q_logits: Tensor, p_logits: Tensor) -> Tensor:
 def initial_tokens(model: nn.Module, batch_size: int | None = None,
                    given: Tensor | None = None) -> Tensor:
     """All-[MASK] start ``(B, L)``, with ``given`` ``(B, L)`` or ``(L,)`` tokens clamped
-    (the mask id marks free positions)."""
+    (the mask id marks free positions). On the device of the model's parameters."""
     cfg = model.config
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
     if given is None:
         if batch_size is None or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int when given is None; "
                              f"got {batch_size!r}")
-        return torch.full((batch_size, cfg.seq_len), cfg.mask_id, dtype=torch.long)
-    given = check_tokens(given, cfg.vocab_size, cfg.seq_len, name="given")
+        return torch.full((batch_size, cfg.seq_len), cfg.mask_id, dtype=torch.long,
+                          device=device)
+    given = check_tokens(given, cfg.vocab_size, cfg.seq_len, name="given").to(device)
     if given.ndim == 1:
         given = given.expand(batch_size or 1, -1)
     if given.ndim != 2 or (batch_size is not None and given.shape[0] != batch_size):
@@ -90,7 +93,7 @@ def sample(model: nn.Module, n_steps: int, *, batch_size: int | None = None,
     model.eval()
     mask_id = model.config.mask_id
     x = initial_tokens(model, batch_size, given)
-    path_kl = torch.zeros(x.shape[0])
+    path_kl = torch.zeros(x.shape[0], device=x.device)
     times = [1.0 - k / n_steps for k in range(n_steps)] + [0.0]
     for t, s in zip(times[:-1], times[1:]):
         masked = x == mask_id

@@ -1,5 +1,13 @@
 """Training a :class:`Denoiser` as an ``init`` / ``step`` pair over explicit state, and
-checkpoints (model, optimizer, step, RNG, loss history) that resume exactly."""
+checkpoints (model, optimizer, step, RNG, loss history) that resume exactly.
+
+::
+
+    state = train_init(MDMConfig(vocab_size=4, seq_len=8), MDMTrainConfig(steps=100))
+    for _ in range(100):
+        state, info = train_step(state, data, cfg)        # info: {"loss": ..., "lr": ...}
+    save_train_state(path, state, cfg); model = load_model(path)
+"""
 
 from __future__ import annotations
 
@@ -9,58 +17,101 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from samplegrad.checkpoint import save_checkpoint as atomic_save
-from samplegrad.discrete.loss import masked_diffusion_loss
+from samplegrad._config import check_choice, check_int, check_real
+from samplegrad._optim import OptimizerFactory, check_lr, check_optimizer_name, make_optimizer
+from samplegrad.checkpoint import save_checkpoint
+from samplegrad.discrete.loss import WEIGHTINGS, masked_diffusion_loss
 from samplegrad.discrete.model import Denoiser, MDMConfig
+
+__all__ = ["MDMTrainConfig", "MDMTrainState", "load_model", "load_train_state",
+           "save_train_state", "train_init", "train_step"]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Optimization settings (AdamW, linear warm-up then cosine decay to 10%)."""
+class MDMTrainConfig:
+    """Optimization settings: ``torch.optim.<optimizer>`` (default AdamW, with
+    ``weight_decay``), linear warm-up over ``warmup`` steps, then cosine decay to 10% of
+    ``lr`` at ``steps``; gradients clipped to norm ``grad_clip``."""
 
     steps: int = 3000
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 100
-    weighting: str = "elbo"
+    weighting: str = "elbo"  # "elbo" | "unweighted" (see masked_diffusion_loss)
     grad_clip: float = 1.0
+    optimizer: str = "AdamW"  # a torch.optim class name (or pass optimizer= to train_init)
+
+    def __post_init__(self) -> None:
+        check_int(self.steps, "steps", 1)
+        check_int(self.batch_size, "batch_size", 1)
+        check_lr(self.lr)
+        check_real(self.weight_decay, "weight_decay", ge=0)
+        check_int(self.warmup, "warmup", 0)
+        check_choice(self.weighting, "weighting", WEIGHTINGS)
+        check_real(self.grad_clip, "grad_clip", gt=0, allow_inf=True)
+        check_optimizer_name(self.optimizer)
 
 
 @dataclass
-class TrainState:
+class MDMTrainState:
     """Everything a training run carries from one step to the next."""
 
     model: Denoiser
     optimizer: torch.optim.Optimizer
-    generator: torch.Generator
+    generator: torch.Generator  # minibatches and masks, on the model's device
     step: int = 0
     losses: list[float] = field(default_factory=list)
 
 
-def _lr_at(step: int, cfg: TrainConfig) -> float:
+def _lr_at(step: int, cfg: MDMTrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(frac * torch.pi)).item()))
 
 
-def train_init(model_cfg: MDMConfig, cfg: TrainConfig, seed: int = 0) -> TrainState:
-    """A fresh model (initialized from ``seed``) and its optimizer."""
+def _optimizer(model: Denoiser, cfg: MDMTrainConfig,
+               factory: OptimizerFactory | None) -> torch.optim.Optimizer:
+    options = {"weight_decay": cfg.weight_decay} if factory is None else {}
+    return make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, factory, **options)
+
+
+def train_init(model_cfg: MDMConfig, cfg: MDMTrainConfig, seed: int = 0, *,
+               device: torch.device | str | None = None,
+               optimizer: OptimizerFactory | None = None) -> MDMTrainState:
+    """A fresh model (initialized from ``seed``, on ``device``) and its optimizer:
+    ``optimizer(params)`` when that factory is given, else ``torch.optim.<cfg.optimizer>``
+    with ``lr`` and ``weight_decay``. The learning-rate schedule of :func:`train_step` sets
+    every parameter group's ``lr`` from ``cfg.lr`` either way."""
+    check_int(seed, "seed")
     torch.manual_seed(seed)
-    model = Denoiser(model_cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return TrainState(model, opt, torch.Generator().manual_seed(seed + 1))
+    model = Denoiser(model_cfg).to(device)
+    gen = torch.Generator(device=_device(model)).manual_seed(seed + 1)
+    return MDMTrainState(model, _optimizer(model, cfg, optimizer), gen)
 
 
-def train_step(state: TrainState, data: Tensor, cfg: TrainConfig) -> float:
-    """One AdamW step on a batch drawn (with replacement) from ``data`` ``(N, L)``; returns
-    the loss and advances ``state`` in place."""
-    idx = torch.randint(len(data), (cfg.batch_size,), generator=state.generator)
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def train_step(state: MDMTrainState, data: Tensor,
+               cfg: MDMTrainConfig) -> tuple[MDMTrainState, dict[str, float]]:
+    """One optimizer step on a batch drawn (with replacement) from ``data`` ``(N, L)``.
+
+    Returns ``(state, {"loss": float, "lr": float})``; ``state`` is advanced in place (the
+    same object is returned). ``data`` may live on any device; the batch moves to the
+    model's.
+    """
+    device = _device(state.model)
+    idx = torch.randint(len(data), (cfg.batch_size,), generator=state.generator,
+                        device=state.generator.device)
+    batch = data[idx.to(data.device)].to(device)
+    lr = _lr_at(state.step, cfg)
     for g in state.optimizer.param_groups:
-        g["lr"] = _lr_at(state.step, cfg)
+        g["lr"] = lr
     state.model.train()
-    loss = masked_diffusion_loss(state.model, data[idx], weighting=cfg.weighting,
+    loss = masked_diffusion_loss(state.model, batch, weighting=cfg.weighting,
                                  generator=state.generator)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -69,36 +120,55 @@ def train_step(state: TrainState, data: Tensor, cfg: TrainConfig) -> float:
     state.step += 1
     value = float(loss.detach())
     state.losses.append(value)
-    return value
+    return state, {"loss": value, "lr": lr}
 
 
-def save_checkpoint(path: str | Path, state: TrainState, cfg: TrainConfig,
-                    extra: dict | None = None) -> Path:
-    """Atomically write ``state`` (and the configs) to ``path``."""
+def save_train_state(path: str | Path, state: MDMTrainState, cfg: MDMTrainConfig,
+                     extra: dict | None = None) -> Path:
+    """Atomically write ``state`` (and both configs, and ``extra``) to ``path``."""
     blob = {"model_config": asdict(state.model.config), "train_config": asdict(cfg),
             "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
-            "generator": state.generator.get_state(), "step": state.step,
+            "generator": state.generator.get_state(),
+            "generator_device": state.generator.device.type, "step": state.step,
             "losses": state.losses, "extra": extra or {}}
-    return atomic_save(path, blob)
+    return save_checkpoint(path, blob)
 
 
-def load_checkpoint(path: str | Path, cfg: TrainConfig | None = None) -> TrainState:
-    """A :class:`TrainState` from :func:`save_checkpoint` (model in eval mode)."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=False)
+def _load_blob(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"path: no masked-diffusion checkpoint at {path}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _model_from(blob: dict, map_location: torch.device | str | None) -> Denoiser:
     model = Denoiser(MDMConfig(**blob["model_config"]))
     model.load_state_dict(blob["model"])
-    model.eval()
-    tcfg = cfg or TrainConfig(**blob["train_config"])
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    return model.to(map_location).eval()
+
+
+def load_train_state(path: str | Path, cfg: MDMTrainConfig | None = None,
+                     map_location: torch.device | str | None = None, *,
+                     optimizer: OptimizerFactory | None = None) -> MDMTrainState:
+    """An :class:`MDMTrainState` from :func:`save_train_state` (model in eval mode, on
+    ``map_location``); the optimizer is rebuilt from ``cfg`` (default: the saved config) or
+    the ``optimizer`` factory and its state restored. The rng resumes exactly on the device
+    type it was saved from (else it is reseeded deterministically). Files are our own
+    (pickled lists), hence ``weights_only=False``: load only checkpoints you trust."""
+    blob = _load_blob(path)
+    model = _model_from(blob, map_location)
+    tcfg = cfg or MDMTrainConfig(**blob["train_config"])
+    opt = _optimizer(model, tcfg, optimizer)
     opt.load_state_dict(blob["optimizer"])
-    gen = torch.Generator()
-    gen.set_state(blob["generator"])
-    return TrainState(model, opt, gen, int(blob["step"]), list(blob["losses"]))
+    gen = torch.Generator(device=_device(model))
+    if blob.get("generator_device", "cpu") == gen.device.type:
+        gen.set_state(blob["generator"])
+    else:  # saved on another device type: a deterministic reseed (not an exact resume)
+        gen.manual_seed(int(blob["generator"].long().sum()) + int(blob["step"]))
+    return MDMTrainState(model, opt, gen, int(blob["step"]), list(blob["losses"]))
 
 
-def load_model(path: str | Path) -> Denoiser:
-    """Just the denoiser of a checkpoint, in eval mode."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=False)
-    model = Denoiser(MDMConfig(**blob["model_config"]))
-    model.load_state_dict(blob["model"])
-    return model.eval()
+def load_model(path: str | Path, map_location: torch.device | str | None = None) -> Denoiser:
+    """Just the denoiser of a :func:`save_train_state` file, in eval mode, on
+    ``map_location`` (default CPU)."""
+    return _model_from(_load_blob(path), map_location)

@@ -14,7 +14,7 @@ maximize ``E_{pi_theta}[R] - lam KL(pi_ref || pi_theta)`` (i.e. minimize
 Both are the gradient of one surrogate ``sum_i w_i V(x_i, theta) + lam mean_j V(x_ref_j,
 theta)`` with detached weights, so one backward pass gives the whole estimate.
 
-The single loop (METHODS.md §2) keeps a population of particles warm across ``theta``
+The single loop (docs/methods.md#single-loop) keeps a population of particles warm across ``theta``
 updates: each iteration is ONE Langevin step with the current ``theta``, then ONE optimizer
 step on ``theta`` from the new particles. API in the optax/blackjax spirit::
 
@@ -39,11 +39,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from samplegrad._config import check_int, check_real
+from samplegrad._optim import OptimizerFactory, check_lr, check_optimizer_name, make_optimizer
+
 Potential = Callable[[Tensor, Tensor], Tensor]
 """``V(x (N, d), theta (p,)) -> (N,)``, differentiable in both arguments."""
 Reward = Callable[[Tensor], Tensor]
 """``R(x (N, d)) -> (N,)``; only values are used by the implicit estimator."""
-OptimizerFactory = Callable[[list[Tensor]], torch.optim.Optimizer]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -201,6 +203,15 @@ class LangevinConfig:
     n_ref: int = 1000           # reference particles when init gets theta_ref
     ref_burn_in: int = 0        # ULA steps run on the reference particles at init
 
+    def __post_init__(self) -> None:
+        check_real(self.step_size, "step_size", gt=0)
+        check_lr(self.lr)
+        check_optimizer_name(self.optimizer)
+        check_real(self.kl_weight, "kl_weight", ge=0)
+        check_int(self.n_particles, "n_particles", 1)
+        check_int(self.n_ref, "n_ref", 1)
+        check_int(self.ref_burn_in, "ref_burn_in", 0)
+
 
 @dataclass
 class LangevinState:
@@ -216,21 +227,15 @@ class LangevinState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _make_optimizer(config: LangevinConfig, theta: Tensor,
-                    optimizer: OptimizerFactory | None) -> torch.optim.Optimizer:
-    if optimizer is not None:
-        return optimizer([theta])
-    cls = getattr(torch.optim, config.optimizer, None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise ValueError(f"optimizer: {config.optimizer!r} is not a torch.optim optimizer")
-    return cls([theta], lr=config.lr)
-
-
 def init(potential: Potential, theta0: Tensor, config: LangevinConfig = LangevinConfig(), *,
          dim: int | None = None, x0: Tensor | None = None, x_ref: Tensor | None = None,
          theta_ref: Tensor | None = None, seed: int = 0,
          optimizer: OptimizerFactory | None = None) -> LangevinState:
     """Initial state: particles ``x0`` (or ``N(0, I)`` of shape ``(n_particles, dim)``).
+
+    ``theta`` is optimized by ``optimizer(list_of_leaf_tensors)`` when that factory is given,
+    else by ``torch.optim.<config.optimizer>(..., lr=config.lr)``. The rng lives on the device
+    of ``x0`` (or ``theta0``).
 
     The KL reference is either fixed samples ``x_ref (M, d)`` or a parameter ``theta_ref``,
     whose own particle population (from ``x_ref`` or ``N(0, I)``, ``n_ref`` of them, burnt
@@ -239,11 +244,13 @@ def init(potential: Potential, theta0: Tensor, config: LangevinConfig = Langevin
     check_step_size(config.step_size)
     if not isinstance(theta0, Tensor) or theta0.dim() != 1 or theta0.numel() < 1:
         raise ValueError("theta0: must be a non-empty 1-D tensor shaped (p,)")
-    gen = torch.Generator().manual_seed(seed)
+    device = theta0.device if x0 is None else x0.device
+    gen = torch.Generator(device=device).manual_seed(seed)
     if x0 is None:
         if dim is None or dim < 1:
             raise ValueError("dim: give the particle dimension (or x0)")
-        x0 = torch.randn(config.n_particles, dim, generator=gen, dtype=theta0.dtype)
+        x0 = torch.randn(config.n_particles, dim, generator=gen, dtype=theta0.dtype,
+                         device=device)
     theta = theta0.detach().clone().requires_grad_(True)
     _check_x_theta(x0, theta, "x0")
     if theta_ref is not None:
@@ -252,7 +259,8 @@ def init(potential: Potential, theta0: Tensor, config: LangevinConfig = Langevin
             raise ValueError(f"theta_ref: shape {tuple(theta_ref.shape)} differs from theta0's "
                              f"{tuple(theta.shape)}")
         if x_ref is None:
-            x_ref = torch.randn(config.n_ref, x0.shape[1], generator=gen, dtype=x0.dtype)
+            x_ref = torch.randn(config.n_ref, x0.shape[1], generator=gen, dtype=x0.dtype,
+                                device=device)
         x_ref = langevin_sample(potential, x_ref, theta_ref, config.step_size,
                                 config.ref_burn_in, generator=gen)
     if x_ref is not None:
@@ -262,7 +270,8 @@ def init(potential: Potential, theta0: Tensor, config: LangevinConfig = Langevin
     if config.kl_weight > 0 and x_ref is None:
         raise ValueError("x_ref: kl_weight > 0 needs reference samples (x_ref or theta_ref)")
     return LangevinState(x=x0.detach().clone(), theta=theta,
-                         optimizer=_make_optimizer(config, theta, optimizer), generator=gen,
+                         optimizer=make_optimizer([theta], config.optimizer, config.lr,
+                                                   optimizer), generator=gen,
                          x_ref=None if x_ref is None else x_ref.detach(), theta_ref=theta_ref)
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from samplegrad._config import check_bool, check_int
 from samplegrad.implicit.langevin import (
     LangevinConfig,
     LangevinState,
@@ -43,13 +44,17 @@ class BaselineConfig(LangevinConfig):
     n_inner: int = 100          # T inner Langevin steps per theta step
     warm_start: bool = False    # start the inner chain from the previous particles
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int(self.n_inner, "n_inner", 1)
+        check_bool(self.warm_start, "warm_start")
+
 
 def _inner_start(state: LangevinState, config: BaselineConfig) -> Tensor:
-    if config.n_inner < 1:
-        raise ValueError(f"n_inner: must be >= 1, got {config.n_inner}")
     if config.warm_start:
         return state.x.detach()
-    return torch.randn(state.x.shape, generator=state.generator, dtype=state.x.dtype)
+    return torch.randn(state.x.shape, generator=state.generator, dtype=state.x.dtype,
+                       device=state.x.device)
 
 
 def unrolled_trajectory(potential: Potential, x: Tensor, theta: Tensor, step_size: float,

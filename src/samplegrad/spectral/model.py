@@ -25,9 +25,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
+from samplegrad._config import check_choice, check_int, check_real
 from samplegrad.spectral.affine import Affine
 from samplegrad.spectral.basis import HermiteBasis
 from samplegrad.spectral.system import GramTerms, gram_terms, rhs, solve_system
+
+METHODS = ("linear", "perturbative")
+WHITENINGS = ("none", "standardize", "zca", "pca")
 
 
 @dataclass
@@ -42,8 +46,20 @@ class SpectralConfig:
     ridge: float = 1e-8          # relative to mean(diag A(t))
     cond_warn: float = 1e10      # warn when cond(A(t_min) + ridge) exceeds this
     method: str = "linear"       # "linear" (full A(t)) | "perturbative" (A = diag(lambda))
-    whiten: str = "none"         # "none" | "standardize" | "zca": affine map before the basis
+    whiten: str = "none"         # "none" | "standardize" | "zca" | "pca": affine map first
     clamp_sigmas: float = 4.0    # safe extrapolation box (module docstring); 0 disables
+
+    def __post_init__(self) -> None:
+        check_int(self.degree, "degree", 1)
+        check_int(self.max_active, "max_active", 1)
+        check_int(self.n_times, "n_times", 2)
+        check_real(self.t_min, "t_min", gt=0)
+        check_real(self.t_max, "t_max", gt=self.t_min)
+        check_real(self.ridge, "ridge", ge=0)
+        check_real(self.cond_warn, "cond_warn", gt=0, allow_inf=True)
+        check_choice(self.method, "method", METHODS)
+        check_choice(self.whiten, "whiten", WHITENINGS)
+        check_real(self.clamp_sigmas, "clamp_sigmas", ge=0, allow_inf=True)
 
 
 def time_grid(t_min: float, t_max: float, n: int) -> Tensor:
@@ -123,12 +139,6 @@ def fit(data: Tensor, basis: HermiteBasis | None = None, times: Tensor | None = 
     samples than basis functions; warns when the system is ill-conditioned.
     """
     cfg = SpectralConfig(**{**asdict(config or SpectralConfig()), **overrides})
-    if cfg.degree < 1:
-        raise ValueError(f"degree must be >= 1, got {cfg.degree}")
-    if cfg.method not in ("linear", "perturbative"):
-        raise ValueError(f"method must be 'linear' or 'perturbative', got {cfg.method!r}")
-    if cfg.ridge < 0:
-        raise ValueError(f"ridge must be >= 0, got {cfg.ridge}")
     data = _check_data(data)
     t0 = time.perf_counter()
     affine = Affine.fit(data, cfg.whiten)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from samplegrad._config import check_choice, check_int, check_real
+from samplegrad._optim import check_lr
 from samplegrad._progress import progress
 from samplegrad.spectral.affine import Affine
 
@@ -32,6 +34,17 @@ class NeuralConfig:
     t_max: float = 10.0
     whiten: str = "none"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int(self.hidden, "hidden", 1)
+        check_int(self.layers, "layers", 1)
+        check_int(self.steps, "steps", 1)
+        check_int(self.batch, "batch", 1)
+        check_lr(self.lr)
+        check_real(self.t_min, "t_min", gt=0)
+        check_real(self.t_max, "t_max", gt=self.t_min)
+        check_choice(self.whiten, "whiten", ("none", "standardize", "zca", "pca"))
+        check_int(self.seed, "seed")
 
 
 class ScoreMLP(nn.Module):
@@ -81,8 +94,6 @@ def train_dsm(data: Tensor, config: NeuralConfig | None = None, show_progress: b
     cfg = NeuralConfig(**{**(config or NeuralConfig()).__dict__, **overrides})
     if data.ndim != 2 or not torch.isfinite(data).all():
         raise ValueError("data must be a finite (N, d) tensor")
-    if cfg.steps < 1 or cfg.batch < 1:
-        raise ValueError(f"steps and batch must be >= 1, got {cfg.steps}, {cfg.batch}")
     start = time.perf_counter()
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)

@@ -1,7 +1,7 @@
 """The score model's linear system ``A(t) a = b(t)``, assembled from data averages only.
 
 ``A_jk(t) = E_{p_t}[grad phi_j . grad phi_k]`` and ``b_j(t) = lambda_j e^{-lambda_j t} c_j`` with
-``c_j = E_{p_0}[phi_j]`` (METHODS.md §3). No forward-SDE sample is drawn: since
+``c_j = E_{p_0}[phi_j]`` (docs/methods.md#linear-system). No forward-SDE sample is drawn: since
 ``d_i phi_alpha = sqrt(alpha_i) phi_{alpha - e_i}``, every entry of ``A`` is a sum of
 ``E_{p_t}[phi_u phi_v]``; the product ``phi_u phi_v`` expands exactly in tensor-Hermite
 functions ``phi_gamma`` (linearization coefficients, one 1-D factor per shared coordinate)

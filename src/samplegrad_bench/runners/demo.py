@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from samplegrad_bench._args import int_at_least, positive_float, positive_int
 from samplegrad_bench._common import markdown_table, progress, seed_all, write_json
 from samplegrad_bench.estimators import bench_methods, default_knobs
 from samplegrad_bench.runners import gradients, polyprog
@@ -29,9 +30,10 @@ GRAD_PROBLEM = "mlp_L4_K5"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=None, help="Adam steps (default 300; quick 60)")
-    p.add_argument("--power", type=float, default=2.0)
-    p.add_argument("--draws", type=int, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="Adam steps (default 300; quick 60)")
+    p.add_argument("--power", type=positive_float, default=2.0, help="loss power p (default 2)")
+    p.add_argument("--draws", type=int_at_least(2), default=None,
                    help="gradient draws per estimator (default 2000; quick 200)")
 
 
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> dict:
     print(markdown_table(rows))
     pp = {"settings": {"n_vars": n_vars, "batch": batch, "steps": steps, "power": args.power,
                        "seed": args.seed}, "rows": rows}
-    write_json(args.out / "demo" / "polyprog_demo.json", pp)
+    write_json(args.out / "polyprog_demo.json", pp)
 
     grows = gradient_table(names, n_draws, args.seed)
     problem = get_problem(GRAD_PROBLEM, seed=args.seed)
@@ -110,5 +112,5 @@ def run(args: argparse.Namespace) -> dict:
     print(markdown_table(grows))
     gq = {"settings": {"problem": problem.name, "n_draws": n_draws, "seed": args.seed,
                        "grad_norm2": g2}, "rows": grows}
-    write_json(args.out / "demo" / "gradients_demo.json", gq)
+    write_json(args.out / "gradients_demo.json", gq)
     return {"polyprog": pp, "gradients": gq}

@@ -21,13 +21,14 @@ that is alive at once; ``graph_kib`` in the JSON counts the weights too);
 ``T (T+1) N 64`` floats; unrolled: one noise draw), parameters and Adam moments excluded
 (the same for both); ``peak RSS`` (optional, ``--rss``) = peak resident memory of a fresh
 subprocess running a few theta steps, minus its resident memory before the first one.
-Results are written after every run (``results/finetune/finetune.json``); a rerun with the
-same settings skips the runs already there.
+Results are written after every run (``runs/finetune/finetune.json``; ``--publish``:
+``docs/results/finetune/``); a rerun with the same settings skips the runs already there.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import multiprocessing as mp
 import resource
 from collections.abc import Callable
@@ -50,6 +51,13 @@ from samplegrad.implicit.finetune import (
     unrolled_loss,
     unrolled_step,
 )
+from samplegrad_bench._args import (
+    MissingInputError,
+    int_list,
+    nonneg_float,
+    positive_float,
+    positive_int,
+)
 from samplegrad_bench._common import (
     Timer,
     markdown_table,
@@ -59,16 +67,9 @@ from samplegrad_bench._common import (
     write_json,
 )
 from samplegrad_bench.data import load_digits
-from samplegrad_bench.runners.train_ddpm import (
-    DEFAULT_WEIGHTS,
-    QUICK,
-    DDPMTrainConfig,
-    load_ddpm,
-    train_ddpm,
-)
+from samplegrad_bench.runners.train_ddpm import QUICK, default_weights, load_ddpm, train_ddpm
 from samplegrad_bench.tasks.rewards import brightness, digit_classifier, digit_log_prob
 
-QUICK_WEIGHTS = Path("checkpoints/ddpm_digits_quick.pt")
 METHODS = ("implicit", "unrolled")
 
 
@@ -94,15 +95,20 @@ def quick_config(seed: int) -> BenchConfig:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", type=Path, default=None,
-                   help=f"pretrained DDPM (default {DEFAULT_WEIGHTS}; quick: {QUICK_WEIGHTS} "
-                        "if the former is missing)")
-    p.add_argument("--theta-steps", type=int, default=None)
-    p.add_argument("--n-steps", type=int, nargs="+", default=None, help="sampler steps T")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--kl-weight", type=float, default=None)
-    p.add_argument("--pop-size", type=int, default=None)
-    p.add_argument("--digit", type=int, default=None)
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="FILE",
+                   help="pretrained DDPM weights (default: the cache's checkpoints/"
+                        "ddpm_digits.pt from `samplegrad train-ddpm`; quick: "
+                        "ddpm_digits_quick.pt if that is missing, trained here if need be)")
+    p.add_argument("--theta-steps", type=positive_int, default=None,
+                   help="theta updates per run")
+    p.add_argument("--n-steps", type=int_list, default=None, metavar="T,...",
+                   help="comma list of sampler steps T")
+    p.add_argument("--lr", type=positive_float, default=None, help="Adam learning rate")
+    p.add_argument("--kl-weight", type=nonneg_float, default=None, help="path-KL weight")
+    p.add_argument("--pop-size", type=positive_int, default=None,
+                   help="samples per theta step")
+    p.add_argument("--digit", type=int, choices=range(10), default=None, metavar="0-9",
+                   help="target digit of the digit reward (default 3)")
     p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=None,
                    help="peak-RSS probes in subprocesses (default: on, off with --quick)")
     p.add_argument("--fresh", action="store_true", help="ignore results already on disk")
@@ -110,14 +116,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------- setup
 def load_or_train(weights: Path | None, quick: bool) -> tuple[torch.nn.Module, Tensor, Path]:
-    """The pretrained DDPM; trains one (with a message) when the weights file is missing."""
-    if weights is None:
-        weights = DEFAULT_WEIGHTS if DEFAULT_WEIGHTS.exists() or not quick else QUICK_WEIGHTS
-    if not weights.exists():
-        cfg = QUICK if quick else DDPMTrainConfig()
-        print(f"finetune: no pretrained DDPM at {weights}; training one now ({cfg}). "
-              "`samplegrad train-ddpm` writes the full one.")
-        train_ddpm(cfg, weights)
+    """The pretrained DDPM: ``weights`` if given (it must exist), else the cache's weights
+    from `samplegrad train-ddpm` (a :class:`MissingInputError` naming that command when
+    missing). With ``quick`` the cache's small stand-in serves when the full weights are
+    missing; it is trained here (about a minute) when it is missing too."""
+    if weights is not None:
+        if not Path(weights).exists():
+            raise MissingInputError(
+                f"--checkpoint: no DDPM weights at {weights}; create them with "
+                f"`samplegrad train-ddpm --checkpoint {weights}` (or --quick)")
+    else:
+        full, small = default_weights(), default_weights(quick=True)
+        weights = full if full.exists() or not quick else small
+        if not weights.exists() and not quick:
+            raise MissingInputError(
+                f"no DDPM weights at {weights}; create them with `samplegrad train-ddpm` "
+                "(or run `samplegrad bench finetune --quick`, which trains a small stand-in)")
+        if not weights.exists():
+            print(f"finetune: no pretrained DDPM at {full}; training a quick stand-in now "
+                  f"({QUICK}) -> {weights}. `samplegrad train-ddpm` writes the full one.")
+            train_ddpm(QUICK, weights)
     model, alpha_bars, _ = load_ddpm(weights)
     return model, alpha_bars, weights
 
@@ -157,6 +175,11 @@ def evaluate(model, params, ref_params, sched: SamplerSchedule, noise: Tensor, r
     }, img
 
 
+def _params(model: torch.nn.Module) -> dict[str, Tensor]:
+    """Detached copies of the (finetuned) model's parameters."""
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
 def _nbytes(*tensors: Tensor) -> int:
     return sum(t.untyped_storage().nbytes() for t in tensors)
 
@@ -166,15 +189,16 @@ def run_method(method: str, model, ref_params, sched, reward_fn, cfg: FinetuneCo
                steps: int, desc: str, measure: bool = True,
                reps: int = 3) -> tuple[dict, dict, list]:
     """Finetune for ``steps`` theta steps; returns (final params, measurements, trace)."""
+    model = copy.deepcopy(model).requires_grad_(True)  # trained in place; the caller's stays
     init_time = 0.0
     if method == "implicit":
         with Timer() as t:
-            state = finetune_init(model, ref_params, sched, cfg)
+            state = finetune_init(model, sched, cfg)
         init_time = t.seconds
-        step = lambda s: finetune_step(s, model, ref_params, sched, reward_fn, cfg)  # noqa: E731
+        step = lambda s: finetune_step(s, model, sched, reward_fn, cfg)  # noqa: E731
     else:
-        state = unrolled_init(ref_params, cfg)
-        step = lambda s: unrolled_step(s, model, ref_params, sched, reward_fn, cfg)  # noqa: E731
+        state = unrolled_init(model, cfg)
+        step = lambda s: unrolled_step(s, model, sched, reward_fn, cfg)  # noqa: E731
     trace, times = [], []
     for _ in progress(range(steps), desc=desc):
         with Timer() as t:
@@ -186,17 +210,18 @@ def run_method(method: str, model, ref_params, sched, reward_fn, cfg: FinetuneCo
             "step_ms_median": 1e3 * times_sorted[len(times_sorted) // 2],
             "total_s": init_time + sum(times)}
     if not measure:
-        return state.params, meas, trace
+        return _params(model), meas, trace
     meas.update(measure_memory(method, state, model, ref_params, sched, reward_fn, cfg))
     if method == "implicit":
         meas.update(time_implicit_parts(state, model, ref_params, sched, reward_fn, cfg, reps))
-    return state.params, meas, trace
+    return _params(model), meas, trace
 
 
 def measure_memory(method, state, model, ref_params, sched, reward_fn, cfg) -> dict:
     """Autograd graph bytes of one gradient and the method's state bytes (see module doc)."""
     n = cfg.pop_size
-    weights = [*state.params.values(), *ref_params.values()]
+    params = dict(model.named_parameters())
+    weights = [*params.values(), *ref_params.values()]
     if method == "implicit":
         weights.append(state.paths)  # the states are views of the queue (counted as state)
         graph = acts = 0
@@ -204,21 +229,21 @@ def measure_memory(method, state, model, ref_params, sched, reward_fn, cfg) -> d
         a = torch.ones(n, 64) / n
         for j in range(sched.n_steps):  # every step's graph is built and freed alone
             with saved_tensor_bytes() as m:
-                adjoint_step(model, state.params, ref_params, path[j + 1], j, a, sched,
+                adjoint_step(model, params, ref_params, path[j + 1], j, a, sched,
                              cfg.kl_weight / n)
             with saved_tensor_bytes(exclude=weights) as m2:
-                adjoint_step(model, state.params, ref_params, path[j + 1], j, a, sched,
+                adjoint_step(model, params, ref_params, path[j + 1], j, a, sched,
                              cfg.kl_weight / n)
             graph, acts = max(graph, m["bytes"]), max(acts, m2["bytes"])
         state_bytes = _nbytes(state.paths, state.stage)
     else:
         noise = draw_noise(sched, n, 64, torch.Generator().manual_seed(0))
         with saved_tensor_bytes() as m:
-            loss, _ = unrolled_loss(model, state.params, ref_params, noise, sched, reward_fn,
+            loss, _ = unrolled_loss(model, params, ref_params, noise, sched, reward_fn,
                                     cfg.kl_weight)
         del loss
         with saved_tensor_bytes(exclude=weights) as m2:
-            loss, _ = unrolled_loss(model, state.params, ref_params, noise, sched, reward_fn,
+            loss, _ = unrolled_loss(model, params, ref_params, noise, sched, reward_fn,
                                     cfg.kl_weight)
         del loss
         graph, acts = m["bytes"], m2["bytes"]
@@ -235,12 +260,12 @@ def time_implicit_parts(state, model, ref_params, sched, reward_fn, cfg, reps: i
         paths, stage = state.paths.clone(), state.stage.clone()
         slots = (stage < t_total).nonzero().flatten()
         with Timer() as t:
-            advance(model, state.params, paths, stage, slots, sched,
+            advance(model, paths, stage, slots, sched,
                     torch.Generator().manual_seed(0))
         adv.append(t.seconds)
         with Timer() as t:
-            adjoint_grad(model, state.params, ref_params, paths[0], sched, reward_fn,
-                         cfg.kl_weight)
+            adjoint_grad(model, dict(model.named_parameters()), ref_params, paths[0], sched,
+                         reward_fn, cfg.kl_weight)
         adj.append(t.seconds)
     return {"advance_ms": 1e3 * min(adv), "adjoint_ms": 1e3 * min(adj)}
 
@@ -361,12 +386,12 @@ def _same_settings(a: dict, b: dict) -> bool:
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or 1)
     bench = _settings(args)
-    out = Path(args.out) / "finetune"
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / ("finetune_quick.json" if args.quick else "finetune.json")
-    model, alpha_bars, weights = load_or_train(args.weights, args.quick)
+    model, alpha_bars, weights = load_or_train(args.checkpoint, args.quick)
     ref = {k: v.detach().clone() for k, v in model.named_parameters()}
-    classifier = digit_classifier("checkpoints")
+    classifier = digit_classifier()
     rewards = make_rewards(classifier, bench.digit)
     train_x = load_digits("train")[0]
     test_x = load_digits("test")[0]

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from samplegrad_bench._args import comma_list, int_at_least
 from samplegrad_bench._common import (
     markdown_table,
     progress,
@@ -258,9 +259,12 @@ def plot(rows: list[dict[str, Any]], problems: list[str], path: Path) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--problems", nargs="+", default=None, choices=list(PROBLEMS))
-    p.add_argument("--n-draws", type=int, default=None)
-    p.add_argument("--methods", nargs="+", default=None, help="subset of estimators")
+    p.add_argument("--problems", type=comma_list(choices=PROBLEMS), default=None,
+                   metavar="NAME,...", help="comma list of " + ",".join(PROBLEMS))
+    p.add_argument("--n-draws", type=int_at_least(2), default=None,
+                   help="independent gradient estimates per setting")
+    p.add_argument("--methods", type=comma_list(choices=bench_methods()), default=None,
+                   metavar="NAME,...", help="comma list of estimators (default: all)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -272,11 +276,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.n_draws:
         cfg = replace(cfg, n_draws=args.n_draws)
     names = args.methods or bench_methods()
-    unknown = set(names) - set(bench_methods())
-    if unknown:
-        raise ValueError(f"methods: unknown {sorted(unknown)}; choose from {bench_methods()}")
     print(f"config: {cfg}")
-    out = args.out / "gradients"
+    out = args.out
     stem = "gradients_quick" if args.quick else "gradients"
     problems = [get_problem(p, seed=args.seed) for p in cfg.problems]
     total = sum(len(knob_grid(n, cfg)) for n in names) * len(cfg.n_samples) * len(problems)

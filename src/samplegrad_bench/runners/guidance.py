@@ -26,6 +26,7 @@ import torch
 
 from samplegrad.discrete import GuidanceConfig, guided_logits, load_model, make_guide, sample
 from samplegrad.discrete.sampler import initial_tokens
+from samplegrad_bench._args import MissingInputError, UsageError, comma_list, positive_int
 from samplegrad_bench._common import (
     Timer,
     markdown_table,
@@ -44,6 +45,7 @@ from samplegrad_bench.tasks.mdm_objectives import (
 )
 
 UNGUIDED = "unguided"
+TASKS = ("sudoku", "digits")
 
 
 @dataclass
@@ -229,11 +231,17 @@ def _plot_tradeoff(rows: list[dict], task: str, metric: str, path: Path) -> None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt-dir", type=Path, default=Path("checkpoints/mdm"))
-    p.add_argument("--tasks", default="sudoku,digits")
-    p.add_argument("--methods", default=None, help="comma list (default: all + unguided)")
-    p.add_argument("--n-puzzles", type=int, default=None)
-    p.add_argument("--n-digits", type=int, default=None)
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
+                   help="folder of TASK/STAGE.pt from `samplegrad train-mdm` (default: the "
+                        "cache's checkpoints/mdm; quick: checkpoints/mdm-quick if that is "
+                        "missing, trained here if need be)")
+    p.add_argument("--tasks", type=comma_list(choices=TASKS), default=list(TASKS),
+                   metavar="TASK,...", help="comma list of " + ",".join(TASKS))
+    p.add_argument("--methods", type=comma_list(choices=[UNGUIDED, *bench_methods()]),
+                   default=None, metavar="NAME,...",
+                   help=f"comma list of estimators and {UNGUIDED} (default: all)")
+    p.add_argument("--n-puzzles", type=positive_int, default=None, help="Sudoku puzzles")
+    p.add_argument("--n-digits", type=positive_int, default=None, help="digit samples")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a BenchConfig field, e.g. --set sudoku_steps=41")
     p.add_argument("--tag", default="", help="suffix of the output files (ablations)")
@@ -249,7 +257,7 @@ def _override(cfg: BenchConfig, items: list[str]) -> BenchConfig:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or name not in BenchConfig.__dataclass_fields__ or name == "knobs":
-            raise SystemExit(f"--set wants FIELD=VALUE with a BenchConfig field; got {item!r}")
+            raise UsageError(f"--set wants FIELD=VALUE with a BenchConfig field; got {item!r}")
         old = getattr(cfg, name)
         if isinstance(old, bool):
             changes[name] = value.lower() in ("1", "true", "yes")
@@ -260,35 +268,53 @@ def _override(cfg: BenchConfig, items: list[str]) -> BenchConfig:
     return replace(cfg, **changes)
 
 
-def _checkpoint(ckpt_dir: Path, task: str, stage: str, quick: bool) -> Path:
-    path = ckpt_dir / task / f"{stage}.pt"
+def _checkpoint(ckpt_dir: Path | None, task: str, stage: str, quick: bool) -> Path:
+    """``DIR/TASK/STAGE.pt``: ``ckpt_dir`` if given (it must hold it), else the cache's
+    `train-mdm` folder; with ``quick``, the cache's tiny stand-ins (trained here in seconds)
+    when that is missing. A :class:`MissingInputError` names the command otherwise."""
+    from samplegrad_bench.runners.train_mdm import default_ckpt_dir, train_task
+
+    if ckpt_dir is not None:
+        path = Path(ckpt_dir) / task / f"{stage}.pt"
+        if not path.exists():
+            raise MissingInputError(
+                f"--checkpoint: no masked-diffusion checkpoint at {path}; create it with "
+                f"`samplegrad train-mdm --task {task} --checkpoint {ckpt_dir}`")
+        return path
+    path = default_ckpt_dir() / task / f"{stage}.pt"
     if path.exists():
         return path
-    if quick:  # tiny stand-in models, trained here in seconds
-        from samplegrad_bench.runners.train_mdm import ckpt_dir_for, train_task
-
-        qdir = ckpt_dir_for(ckpt_dir, True)
-        if not (qdir / task / f"{stage}.pt").exists():
-            train_task(task, qdir, quick=True)
-        return qdir / task / f"{stage}.pt"
-    raise SystemExit(f"missing {path}: run `samplegrad train-mdm` first")
+    if not quick:
+        raise MissingInputError(
+            f"no masked-diffusion checkpoint at {path}; create it with `samplegrad train-mdm "
+            f"--task {task}` (or run `samplegrad bench guidance --quick`, which trains tiny "
+            "stand-ins)")
+    qdir = default_ckpt_dir(quick=True)
+    if not (qdir / task / f"{stage}.pt").exists():
+        print(f"guidance: no {path}; training a tiny stand-in in {qdir} "
+              "(`samplegrad train-mdm` trains the real ones)")
+        train_task(task, qdir, quick=True)
+    return qdir / task / f"{stage}.pt"
 
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or 1)
     cfg = quick_config() if args.quick else BenchConfig()
     if args.methods:
-        cfg = replace(cfg, methods=tuple(args.methods.split(",")))
+        cfg = replace(cfg, methods=tuple(args.methods))
     if args.n_puzzles:
         cfg = replace(cfg, n_puzzles=args.n_puzzles)
     if args.n_digits:
         cfg = replace(cfg, n_digits=args.n_digits)
     cfg = _override(cfg, args.set)
     methods = list(cfg.methods) or [UNGUIDED, *bench_methods()]
-    tasks = args.tasks.split(",")
-    out_dir = args.out / "guidance"
+    tasks = list(args.tasks)
+    out_dir = args.out
     suffix = _suffix(args)
     knobs = {m: {**default_knobs(m), **cfg.knobs.get(m, {})} for m in methods if m != UNGUIDED}
+    for task in tasks:  # a missing checkpoint fails here, before any work
+        for stage in cfg.checkpoints:
+            _checkpoint(args.checkpoint, task, stage, args.quick)
     settings = {"bench": asdict(cfg), "estimator_knobs": knobs, "seed": args.seed,
                 "threads": torch.get_num_threads()}
     print("settings:", settings)
@@ -318,7 +344,7 @@ def _warm_up(methods: list[str]) -> None:
 def _run_task(task: str, cfg: BenchConfig, methods: list[str], args: argparse.Namespace,
               settings: dict) -> tuple[list[dict], dict, torch.Tensor | None]:
     suffix = _suffix(args)
-    path = args.out / "guidance" / f"guidance_{task}{suffix}.json"
+    path = args.out / f"guidance_{task}{suffix}.json"
     puzzles = classifier = None
     if task == "sudoku":
         from samplegrad_bench.tasks.sudoku import generate_puzzles
@@ -327,13 +353,13 @@ def _run_task(task: str, cfg: BenchConfig, methods: list[str], args: argparse.Na
     elif task == "digits":
         from samplegrad_bench.tasks.rewards import digit_classifier
 
-        classifier = digit_classifier("checkpoints")
+        classifier = digit_classifier()
     else:
         raise SystemExit(f"unknown task {task!r}; choose from sudoku, digits")
     rows: list[dict] = []
     plots: dict = {}
     for stage in cfg.checkpoints:
-        model = load_model(_checkpoint(args.ckpt_dir, task, stage, args.quick))
+        model = load_model(_checkpoint(args.checkpoint, task, stage, args.quick))
         bar = progress(methods, desc=f"guidance {task} {stage}", total=len(methods))
         for method in bar:
             bar.set_postfix_str(method)

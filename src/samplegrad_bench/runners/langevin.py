@@ -1,4 +1,4 @@
-"""`samplegrad bench langevin`: Implicit Diffusion's Langevin experiment (METHODS.md §2).
+"""`samplegrad bench langevin`: Implicit Diffusion's Langevin experiment (docs/methods.md#langevin).
 
 Six unit Gaussians on a hexagon of radius 4 with mixture logits theta, theta_init =
 [1.5, 0, 1.5, 0, 1.5, 0], the hard-indicator reward R, ULA with gamma = 0.2 on 1000
@@ -28,6 +28,7 @@ import torch
 
 from samplegrad.implicit.langevin import LangevinConfig, fit, init, step
 from samplegrad.implicit.langevin_baselines import BaselineConfig, nested_step, unrolled_step
+from samplegrad_bench._args import nonneg_float, positive_int
 from samplegrad_bench._common import (
     markdown_table,
     save_figure,
@@ -62,10 +63,14 @@ class LangevinBenchConfig:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--implicit-steps", type=int, default=None)
-    p.add_argument("--baseline-steps", type=int, default=None)
-    p.add_argument("--n-inner", type=int, default=None, help="T of unrolled / nested (100)")
-    p.add_argument("--kl-weight", type=float, default=None)
+    p.add_argument("--implicit-steps", type=positive_int, default=None,
+                   help="theta steps of the implicit runs")
+    p.add_argument("--baseline-steps", type=positive_int, default=None,
+                   help="theta steps of the unrolled / nested runs")
+    p.add_argument("--n-inner", type=positive_int, default=None,
+                   help="T of unrolled / nested (100)")
+    p.add_argument("--kl-weight", type=nonneg_float, default=None,
+                   help="weight of the KL term of the regularized implicit run")
 
 
 def _config(args: argparse.Namespace) -> LangevinBenchConfig:
@@ -224,7 +229,7 @@ def _subsample(r: dict, max_points: int = 200) -> dict:
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or 1)
     bench = _config(args)
-    out = Path(args.out) / "langevin" / ("quick" if args.quick else "")  # keep full results
+    out = Path(args.out) / ("quick" if args.quick else "")  # quick beside the full results
     out.mkdir(parents=True, exist_ok=True)
     theta0 = torch.tensor(HEXAGON_THETA_INIT)
     common = {"step_size": bench.step_size, "lr": bench.lr, "n_particles": bench.n_particles}

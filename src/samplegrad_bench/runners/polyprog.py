@@ -20,6 +20,13 @@ from typing import Any
 
 import torch
 
+from samplegrad_bench._args import (
+    comma_list,
+    float_list,
+    positive_float,
+    positive_int,
+    seed_list,
+)
 from samplegrad_bench._common import (
     Timer,
     markdown_table,
@@ -29,6 +36,7 @@ from samplegrad_bench._common import (
     write_json,
 )
 from samplegrad_bench.estimators import bench_methods, estimate
+from samplegrad_bench.paths import cache_dir
 from samplegrad_bench.tasks import polyprog as task
 
 _T1 = (0.1, 0.2, 0.4, 0.8)
@@ -231,17 +239,23 @@ def plot(result: dict[str, Any], cfg: PolyProgConfig, path: Path) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=None, help="Adam steps per evaluation run")
-    p.add_argument("--sweep-steps", type=int, default=None)
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--n-vars", type=int, default=None)
-    p.add_argument("--powers", type=float, nargs="+", default=None)
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="evaluation seeds")
-    p.add_argument("--sweep-power", type=float, default=None,
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="Adam steps per evaluation run")
+    p.add_argument("--sweep-steps", type=positive_int, default=None,
+                   help="Adam steps per knob-sweep run")
+    p.add_argument("--batch", type=positive_int, default=None, help="samples per Adam step")
+    p.add_argument("--n-vars", type=positive_int, default=None, help="binary variables L")
+    p.add_argument("--powers", type=float_list, default=None, metavar="P,...",
+                   help="comma list of loss powers p")
+    p.add_argument("--seeds", type=seed_list, default=None, metavar="S,...",
+                   help="comma list of evaluation seeds (default 0,1,2,3,4; quick 0,1)")
+    p.add_argument("--sweep-power", type=positive_float, default=None,
                    help="sweep knobs at this power only and reuse them (default: every power)")
-    p.add_argument("--methods", nargs="+", default=None, help="subset of estimators")
-    p.add_argument("--cache", type=str, default=".cache/polyprog",
-                   help="folder of finished runs (resume); '' disables")
+    p.add_argument("--methods", type=comma_list(choices=bench_methods()), default=None,
+                   metavar="NAME,...", help="comma list of estimators (default: all)")
+    p.add_argument("--cache", type=str, default=None,
+                   help="folder of finished runs, for resuming (default: the user cache's "
+                        "polyprog/; '' disables)")
 
 
 def config_from_args(args: argparse.Namespace) -> PolyProgConfig:
@@ -259,12 +273,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_num_threads(1)
     cfg = config_from_args(args)
     names = args.methods or bench_methods()
-    unknown = set(names) - set(bench_methods())
-    if unknown:
-        raise ValueError(f"methods: unknown {sorted(unknown)}; choose from {bench_methods()}")
-    out = args.out / "polyprog"
+    out = args.out
     json_path = out / ("polyprog_quick.json" if args.quick else "polyprog.json")
-    cache = Path(args.cache) if args.cache else None
+    cache = cache_dir("polyprog") if args.cache is None else Path(args.cache) if args.cache \
+        else None
     print(f"config: {cfg}")
 
     def save(res: dict[str, Any]) -> None:  # small JSON: curves subsampled, sweep kept

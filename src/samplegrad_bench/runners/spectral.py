@@ -1,6 +1,6 @@
 """`samplegrad bench spectral`: optimization-free spectral score models vs neural score matching.
 
-Sections (METHODS.md §3), each measured in this one process with the same OU forward process
+Sections (docs/methods.md#spectral), each measured in one process with the same OU forward process
 and the same sampler (reverse SDE, Euler-Maruyama) for both methods:
 
 1. Gaussian mixtures in d = 1..20: relative L2 score error against the closed-form OU score,
@@ -10,7 +10,8 @@ and the same sampler (reverse SDE, Euler-Maruyama) for both methods:
 3. Lattice phi^4 (Ginzburg-Landau) in d = 16 against MALA reference samples (cached).
 4. Real data: 8x8 digits and Fashion-MNIST in principal-component space, sample grids.
 
-Writes ``results/spectral/spectral.json`` after every section (an interrupt keeps what is
+Writes ``runs/spectral/spectral.json`` (``--publish``: ``docs/results/spectral/``;
+``--quick``: ``runs/spectral/quick/``) after every section (an interrupt keeps what is
 done), ``summary.md`` with the tables, and PNG plots.
 """
 
@@ -34,6 +35,7 @@ from samplegrad.spectral import (
     sample_metrics,
     train_dsm,
 )
+from samplegrad_bench._args import comma_list, positive_int
 from samplegrad_bench._common import Timer, markdown_table, progress, save_figure, write_json
 from samplegrad_bench.tasks.boltzmann import PerturbedGaussian, Phi4Lattice, reference_samples
 
@@ -87,10 +89,11 @@ ALL_SECTIONS = ("gmm", "perturbed", "phi4", "digits", "fashion", "budget")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sections", default=",".join(ALL_SECTIONS),
-                   help="comma-separated subset of " + ",".join(ALL_SECTIONS)
+    p.add_argument("--sections", type=comma_list(choices=ALL_SECTIONS),
+                   default=list(ALL_SECTIONS), metavar="NAME,...",
+                   help="comma list of " + ",".join(ALL_SECTIONS)
                    + " (a subset updates those sections in the existing JSON)")
-    p.add_argument("--neural-steps", type=int, default=None, help="DSM training steps")
+    p.add_argument("--neural-steps", type=positive_int, default=None, help="DSM training steps")
 
 
 # ---- shared pieces ----------------------------------------------------------------------
@@ -426,10 +429,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = BenchConfig(**(QUICK if args.quick else {}))
     if getattr(args, "neural_steps", None):
         cfg.neural_steps = args.neural_steps
-    sections = [s.strip() for s in getattr(args, "sections", ",".join(ALL_SECTIONS)).split(",")
-                if s.strip()]
-    # --quick writes beside, never over, the full run's files (the README embeds those)
-    out = Path(args.out) / "spectral" / ("quick" if args.quick else "")
+    sections = list(getattr(args, "sections", ALL_SECTIONS))
+    out = Path(args.out) / ("quick" if args.quick else "")  # quick beside the full results
     out.mkdir(parents=True, exist_ok=True)
     path = out / ("spectral_quick.json" if args.quick else "spectral.json")
     res: dict[str, Any] = {}

@@ -4,9 +4,11 @@ Forward+backward of ``(estimator(logits) * w).sum()`` on a ``(256, 30, 10)`` log
 all estimators interleaved in one process (median over repeats), as ratios to our
 ``gumbel_softmax(hard=True)``; PyTorch's ``F.gumbel_softmax`` and the PyPI peers ``redge``
 0.1.0 and ``reinmax`` 0.1.0 (``pip install -e '.[bench]'``) run beside them.
-Autograd memory = bytes of tensors saved for backward. Writes results/estimator_speed.json.
+Autograd memory = bytes of tensors saved for backward. Writes ``estimator_speed.json``
+(``--quick``: ``estimator_speed_quick.json``) into ``runs/speed/`` (``--publish``:
+``docs/results/estimators/``).
 
-    python benchmarks/estimator_speed.py [--quick] [--threads N]
+    samplegrad bench speed [--quick] [--threads N] [--repeats N]
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
 import samplegrad as sg
+from samplegrad_bench._args import positive_int
 from samplegrad_bench._common import markdown_table, saved_tensor_bytes, write_json
 
 SHAPE = (256, 30, 10)
@@ -83,18 +85,19 @@ def memory_rows(fn_of_steps: dict[str, Callable[[torch.Tensor, int], torch.Tenso
     return rows
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path("results"))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repeats", type=positive_int, default=None,
+                   help="timed repeats per estimator (default 300; quick 40)")
+
+
+def run(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads or 1)
+    threads = torch.get_num_threads()
+    torch.manual_seed(args.seed)
     logits = torch.randn(SHAPE, requires_grad=True)
     w = torch.randn(SHAPE)
     cands = candidates()
-    repeats = 40 if args.quick else 300
+    repeats = args.repeats or (40 if args.quick else 300)
     times: dict[str, list[float]] = {k: [] for k in cands}
     for _ in range(5):  # warm-up
         for fn in cands.values():
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "vs our gumbel_softmax": round(med[name] / base, 2),
                      "vs torch gumbel_softmax": round(med[name] / torch_base, 2),
                      "autograd memory (KiB)": round(m["bytes"] / 1024, 1)})
-    print(f"\nForward+backward on logits {SHAPE}, float32, {args.threads} thread(s), "
+    print(f"\nForward+backward on logits {SHAPE}, float32, {threads} thread(s), "
           f"median of {repeats} interleaved repeats\n")
     print(markdown_table(rows))
     speedups = {}
@@ -140,14 +143,18 @@ def main(argv: list[str] | None = None) -> dict:
     mrows = memory_rows(mem_fns, steps)
     print("\nAutograd memory (bytes saved for backward) against n_steps\n")
     print(markdown_table(mrows))
-    result = {"shape": SHAPE, "threads": args.threads, "repeats": repeats,
+    result = {"shape": SHAPE, "threads": threads, "repeats": repeats,
               "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
               "rows": rows, "speedup_vs_peer_redge": speedups, "memory_vs_n_steps": mrows}
     name = "estimator_speed_quick.json" if args.quick else "estimator_speed.json"
-    path = write_json(args.out / name, result)  # quick runs keep the full run's file
+    path = write_json(args.out / name, result)
     print(f"\nwrote {path}")
     return result
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # same as `samplegrad bench speed ...`
+    import sys
+
+    from samplegrad_bench.cli import main
+
+    raise SystemExit(main(["bench", "speed", *sys.argv[1:]]))

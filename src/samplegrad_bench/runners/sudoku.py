@@ -12,7 +12,7 @@ Headline metric: fraction of puzzles whose argmax grid is a valid solution agree
 clues, at several step budgets. Also reported: mean violations of the argmax grid and the
 probability that one sampled grid solves the puzzle (mean over draws).
 
-Commands (results under ``results/sudoku/``)::
+Commands (results under ``runs/sudoku/``; ``--publish``: ``docs/results/sudoku/``)::
 
     samplegrad bench sudoku --sweep --threads 1   # knob sweep on a disjoint set -> sweep.json
     samplegrad bench sudoku --tuned --threads 1   # 3 x 34 puzzles, 1000 steps -> sudoku.json
@@ -29,6 +29,14 @@ from typing import Any
 
 import torch
 
+from samplegrad_bench._args import (
+    MissingInputError,
+    comma_list,
+    int_at_least,
+    int_list,
+    positive_float,
+    positive_int,
+)
 from samplegrad_bench._common import (
     Timer,
     markdown_table,
@@ -46,7 +54,8 @@ from samplegrad_bench.estimators import (
 )
 from samplegrad_bench.tasks import sudoku as S
 
-# knobs per estimator (METHODS.md reference settings; redge_exact wants t1 >= 0.3)
+# knobs per estimator (reference settings: docs/methods.md#redge-settings;
+# redge_exact wants t1 >= 0.3)
 KNOBS: dict[str, dict[str, Any]] = {
     "redge": {"n_steps": 5, "t1": 0.1},
     "redge_cov": {"n_steps": 5, "t1": 0.2},
@@ -59,7 +68,7 @@ KNOBS: dict[str, dict[str, Any]] = {
 }
 
 
-# the small knob sweep of `--sweep` (each estimator's METHODS.md reference setting included)
+# the small knob sweep of `--sweep` (each estimator's reference setting included)
 SWEEP: dict[str, list[dict[str, Any]]] = {
     "redge": [{"t1": 0.1}, {"t1": 0.5}, {"t1": 0.9}],
     "redge_cov": [{"t1": 0.2}, {"t1": 0.5}, {"t1": 0.9}],
@@ -278,25 +287,27 @@ def plot(results: dict[str, Any], cfg: SudokuConfig, path: Path) -> Path:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-puzzles", type=int, default=None,
+    p.add_argument("--n-puzzles", type=positive_int, default=None,
                    help="puzzles per difficulty (default 34; quick 4; sweep 4)")
-    p.add_argument("--budgets", type=str, default=None,
-                   help="comma-separated step budgets (default 100,300,1000; quick 30,100)")
-    p.add_argument("--methods", type=str, default=None, help="comma-separated estimators")
-    p.add_argument("--n-samples", type=int, default=2)
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--budgets", type=int_list, default=None, metavar="N,...",
+                   help="comma list of step budgets (default 100,300,1000; quick 30,100)")
+    p.add_argument("--methods", type=comma_list(choices=bench_methods()), default=None,
+                   metavar="NAME,...", help="comma list of estimators (default: all)")
+    p.add_argument("--n-samples", type=int_at_least(2), default=2,
+                   help="samples per step (>= 2: RLOO needs two)")
+    p.add_argument("--lr", type=positive_float, default=0.1, help="Adam learning rate")
     p.add_argument("--sf-joint", action="store_true",
                    help="score-function estimators see the summed penalty of all puzzles")
     p.add_argument("--resume", action="store_true",
-                   help="reuse estimators already in results/sudoku/sudoku.json (same settings)")
+                   help="reuse estimators already in OUT/sudoku.json (same settings)")
     p.add_argument("--sweep", action="store_true",
                    help="knob sweep (SWEEP) on a disjoint puzzle set (seed + 1000), default 4 "
-                        "puzzles per difficulty, 300 and 1000 steps; writes sudoku/sweep.json")
+                        "puzzles per difficulty, 300 and 1000 steps; writes OUT/sweep.json")
     p.add_argument("--tag", type=str, default=None,
-                   help="output names: OUT/sudoku/TAG.json and TAG_solved.png "
+                   help="output names: OUT/TAG.json and OUT/TAG_solved.png "
                         "(default sudoku; quick: sudoku_quick)")
     p.add_argument("--tuned", action="store_true",
-                   help="use the best knobs of OUT/sudoku/sweep.json (from --sweep)")
+                   help="use the best knobs of OUT/sweep.json (from --sweep)")
 
 
 def config_from_args(args: argparse.Namespace) -> SudokuConfig:
@@ -306,12 +317,12 @@ def config_from_args(args: argparse.Namespace) -> SudokuConfig:
     methods = get("methods")
     cfg = SudokuConfig(
         n_puzzles=get("n_puzzles") or (4 if quick else 34),
-        budgets=tuple(int(b) for b in budgets.split(",")) if budgets else
+        budgets=tuple(budgets) if budgets else
         ((30, 100) if quick else (100, 300, 1000)),
         n_samples=get("n_samples") or 2, lr=get("lr") or 0.1,
         eval_every=10 if quick else 20,
         score_per_puzzle=not get("sf_joint", False),
-        methods=tuple(methods.split(",")) if methods else (), seed=get("seed", 0) or 0)
+        methods=tuple(methods) if methods else (), seed=get("seed", 0) or 0)
     if cfg.n_samples < 2:
         raise ValueError("n_samples must be >= 2 (RLOO needs two samples)")
     if any(b < 1 for b in cfg.budgets):
@@ -362,14 +373,18 @@ def run(args: argparse.Namespace) -> dict:
         cfg = replace(cfg, n_puzzles=getattr(args, "n_puzzles", None) or (1 if args.quick else 4),
                       budgets=cfg.budgets if getattr(args, "budgets", None) else
                       ((30,) if args.quick else (300, 1000)))
-        return sweep(cfg, Path(args.out) / "sudoku", "sweep_quick" if args.quick else "sweep")
+        return sweep(cfg, Path(args.out), "sweep_quick" if args.quick else "sweep")
     if getattr(args, "tuned", False):
         import json
 
-        best = json.loads((Path(args.out) / "sudoku" / "sweep.json").read_text())["best"]
+        sweep_path = Path(args.out) / "sweep.json"
+        if not sweep_path.exists():
+            raise MissingInputError(f"--tuned: no knob sweep at {sweep_path}; create it with "
+                                    "`samplegrad bench sudoku --sweep` (same --out/--publish)")
+        best = json.loads(sweep_path.read_text())["best"]
         cfg = replace(cfg, knobs={**best, **cfg.knobs})
     names = list(cfg.methods) or bench_methods()
-    out_dir = Path(args.out) / "sudoku"
+    out_dir = Path(args.out)
     tag = getattr(args, "tag", None) or ("sudoku_quick" if args.quick else "sudoku")
     json_path = out_dir / f"{tag}.json"
     settings = asdict(cfg)

@@ -3,10 +3,13 @@
 Data: ``load_digits("train")`` (1438 images) scaled to [-1, 1]. Model: ``EpsMLP`` noise
 predictor on 1000 discrete training timesteps (linear betas 1e-4..0.02); it is sampled with
 any T <= 1000 by striding (``samplegrad.diffusion.sampling_schedule``). Adam with a cosine
-learning rate, an EMA of the weights (the EMA is what gets saved). Writes
-``checkpoints/ddpm_digits.pt`` (``--weights``); a resumable training checkpoint
-``<weights>.ckpt`` is written every ``--ckpt-every`` steps and picked up by a rerun with the
-same settings, so an interrupt loses at most that many steps.
+learning rate, an EMA of the weights (the EMA is what gets saved). Writes the weights to
+``CACHE/checkpoints/ddpm_digits.pt`` (``--quick``: ``ddpm_digits_quick.pt``; CACHE is
+:func:`samplegrad_bench.paths.cache_dir`; ``--checkpoint FILE`` elsewhere), where
+`bench finetune` looks for them, and a summary JSON to ``runs/train-ddpm/`` (``--publish``:
+``docs/results/finetune/``). A resumable training checkpoint ``<weights>.ckpt`` is written
+every ``--ckpt-every`` steps and picked up by a rerun with the same settings, so an interrupt
+loses at most that many steps.
 """
 
 from __future__ import annotations
@@ -20,10 +23,16 @@ import torch
 
 from samplegrad.checkpoint import save_checkpoint
 from samplegrad.diffusion import EpsMLP, ddpm_loss, linear_alpha_bars
+from samplegrad_bench._args import positive_int
 from samplegrad_bench._common import Timer, progress, write_json
 from samplegrad_bench.data import load_digits
+from samplegrad_bench.paths import cache_dir
 
-DEFAULT_WEIGHTS = Path("checkpoints/ddpm_digits.pt")
+
+def default_weights(quick: bool = False) -> Path:
+    """Where `train-ddpm` writes and `bench finetune` looks: the cache's
+    ``checkpoints/ddpm_digits.pt`` (``quick``: ``ddpm_digits_quick.pt``)."""
+    return cache_dir("checkpoints") / ("ddpm_digits_quick.pt" if quick else "ddpm_digits.pt")
 
 
 @dataclass
@@ -47,12 +56,13 @@ def build_model(cfg: DDPMTrainConfig) -> EpsMLP:
     return EpsMLP(dim=64, hidden=cfg.hidden, n_blocks=cfg.n_blocks)
 
 
-def train_ddpm(cfg: DDPMTrainConfig, weights: Path = DEFAULT_WEIGHTS, *,
+def train_ddpm(cfg: DDPMTrainConfig, weights: Path | None = None, *,
                ckpt_every: int = 500, verbose: bool = True) -> dict:
-    """Train (or resume) and write ``weights``; returns a summary dict."""
+    """Train (or resume) and write ``weights`` (default :func:`default_weights`); returns a
+    summary dict."""
     if cfg.steps < 1:
         raise ValueError(f"cfg.steps must be >= 1, got {cfg.steps}")
-    weights = Path(weights)
+    weights = default_weights() if weights is None else Path(weights)
     ckpt = weights.with_name(weights.name + ".ckpt")
     torch.manual_seed(cfg.seed)
     x = load_digits("train")[0] * 2.0 - 1.0
@@ -114,9 +124,11 @@ def train_ddpm(cfg: DDPMTrainConfig, weights: Path = DEFAULT_WEIGHTS, *,
     return summary
 
 
-def load_ddpm(weights: Path = DEFAULT_WEIGHTS) -> tuple[EpsMLP, torch.Tensor, DDPMTrainConfig]:
-    """Load saved weights: ``(model in eval mode, alpha_bars (n_train,), config)``."""
-    blob = torch.load(Path(weights), map_location="cpu", weights_only=False)
+def load_ddpm(weights: Path | None = None) -> tuple[EpsMLP, torch.Tensor, DDPMTrainConfig]:
+    """Load saved weights (default :func:`default_weights`): ``(model in eval mode,
+    alpha_bars (n_train,), config)``."""
+    weights = default_weights() if weights is None else Path(weights)
+    blob = torch.load(weights, map_location="cpu", weights_only=False)
     cfg = DDPMTrainConfig(**blob["config"])
     model = build_model(cfg)
     model.load_state_dict(blob["state_dict"])
@@ -125,16 +137,21 @@ def load_ddpm(weights: Path = DEFAULT_WEIGHTS) -> tuple[EpsMLP, torch.Tensor, DD
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=None, help="training steps (default 8000)")
-    p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
-    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="training steps (default 8000; quick 1500)")
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="FILE",
+                   help="where to write the weights (default: the cache's "
+                        "checkpoints/ddpm_digits.pt, quick: ddpm_digits_quick.pt)")
+    p.add_argument("--ckpt-every", type=positive_int, default=500,
+                   help="steps between resumable training checkpoints")
 
 
 def run(args: argparse.Namespace) -> dict:
     base = QUICK if args.quick else DDPMTrainConfig()
     cfg = DDPMTrainConfig(**{**asdict(base), "seed": args.seed,
                              **({"steps": args.steps} if args.steps else {})})
-    summary = train_ddpm(cfg, args.weights, ckpt_every=args.ckpt_every)
+    weights = args.checkpoint or default_weights(args.quick)
+    summary = train_ddpm(cfg, weights, ckpt_every=args.ckpt_every)
     name = "train_ddpm_quick.json" if args.quick else "train_ddpm.json"
-    write_json(Path(args.out) / "finetune" / name, summary)
+    write_json(Path(args.out) / name, summary)
     return summary

@@ -2,11 +2,14 @@
 
 Two tasks: Sudoku solutions (``random_solutions``, 81 tokens, vocabulary 9 + [MASK]) and
 binarized 8x8 digits (``load_digits("train", binarize=True)``, 64 tokens, vocabulary
-2 + [MASK]). Checkpoints go to ``CKPT_DIR/TASK/{weak,early,middle,final}.pt`` at fixed fractions
+2 + [MASK]). Checkpoints go to ``DIR/TASK/{weak,early,middle,final}.pt`` at fixed fractions
 of the run, and ``last.pt`` every ``--ckpt-every`` steps; a rerun resumes from ``last.pt``
 (model, optimizer, RNG, losses), so an interrupt loses at most ``--ckpt-every`` steps.
-Each stage is evaluated (held-out loss; Sudoku: validity of unconditional samples) and the
-metrics go to ``OUT/guidance/train_mdm_TASK.json`` with a loss-curve PNG.
+``DIR`` is ``--checkpoint DIR``, by default the cache's ``checkpoints/mdm`` (``--quick``:
+``checkpoints/mdm-quick``), where `bench guidance` looks. Each stage is evaluated (held-out
+loss; Sudoku: validity of unconditional samples) and the metrics go to
+``runs/train-mdm/train_mdm_TASK.json`` (``--publish``: ``docs/results/guidance/``) with a
+loss-curve PNG.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ import torch
 from samplegrad.checkpoint import save_checkpoint as atomic_save
 from samplegrad.discrete import (
     MDMConfig,
-    TrainConfig,
-    load_checkpoint,
+    MDMTrainConfig,
+    load_train_state,
     masked_diffusion_loss,
     sample,
-    save_checkpoint,
+    save_train_state,
     train_init,
     train_step,
 )
+from samplegrad_bench._args import positive_int
 from samplegrad_bench._common import Timer, markdown_table, progress, save_figure, write_json
+from samplegrad_bench.paths import cache_dir
 from samplegrad_bench.tasks.mdm_objectives import digit_tokens, sudoku_grid, sudoku_tokens
 
 STAGES: dict[str, float] = {"weak": 0.03, "early": 0.2, "middle": 0.35, "final": 1.0}
@@ -40,7 +45,7 @@ class TaskSpec:
     """Model, optimizer and data settings of one task."""
 
     model: MDMConfig
-    train: TrainConfig
+    train: MDMTrainConfig
     n_data: int  # Sudoku: number of random solutions (digits: the whole train split)
 
 
@@ -48,10 +53,10 @@ def task_spec(task: str, quick: bool = False) -> TaskSpec:
     """Default settings of ``task`` (``quick``: a tiny run for smoke tests)."""
     if task == "sudoku":
         spec = TaskSpec(MDMConfig(9, 81, width=96, depth=3, heads=4, mlp_ratio=2),
-                        TrainConfig(steps=900, batch_size=64, lr=2e-3, warmup=100), 8000)
+                        MDMTrainConfig(steps=900, batch_size=64, lr=2e-3, warmup=100), 8000)
     elif task == "digits":
         spec = TaskSpec(MDMConfig(2, 64, width=64, depth=2, heads=4, mlp_ratio=2),
-                        TrainConfig(steps=800, batch_size=64, lr=2e-3, warmup=50), 0)
+                        MDMTrainConfig(steps=800, batch_size=64, lr=2e-3, warmup=50), 0)
     else:
         raise ValueError(f"task must be one of {TASKS}; got {task!r}")
     if quick:
@@ -92,8 +97,10 @@ def evaluate(model: torch.nn.Module, task: str, held_out: torch.Tensor, seed: in
     return out
 
 
-def ckpt_dir_for(ckpt_dir: Path, quick: bool) -> Path:
-    return Path(str(ckpt_dir) + "-quick") if quick else Path(ckpt_dir)
+def default_ckpt_dir(quick: bool = False) -> Path:
+    """Where `train-mdm` writes and `bench guidance` looks: the cache's ``checkpoints/mdm``
+    (``quick``: ``checkpoints/mdm-quick``)."""
+    return cache_dir("checkpoints") / ("mdm-quick" if quick else "mdm")
 
 
 def train_task(task: str, ckpt_dir: Path, *, quick: bool = False, seed: int = 0,
@@ -107,7 +114,7 @@ def train_task(task: str, ckpt_dir: Path, *, quick: bool = False, seed: int = 0,
     last = folder / "last.pt"
     data, held_out = task_data(task, spec, seed)
     if last.exists() and not fresh:
-        state = load_checkpoint(last, cfg)
+        state = load_train_state(last, cfg)
         print(f"[train-mdm {task}] resuming from {last} at step {state.step}")
     else:
         state = train_init(spec.model, cfg, seed)
@@ -118,18 +125,18 @@ def train_task(task: str, ckpt_dir: Path, *, quick: bool = False, seed: int = 0,
                    initial=state.step)
     with Timer() as timer:
         for _ in bar:
-            loss = train_step(state, data, cfg)
-            bar.set_postfix(loss=f"{loss:.3f}")
+            state, info = train_step(state, data, cfg)
+            bar.set_postfix(loss=f"{info['loss']:.3f}")
             for name, at in stage_at.items():
                 if state.step == at:
                     metrics[name] = {"step": at, **evaluate(state.model, task, held_out, seed)}
-                    save_checkpoint(folder / f"{name}.pt", state, cfg, {"stage": name})
+                    save_train_state(folder / f"{name}.pt", state, cfg, {"stage": name})
                     atomic_save(metrics_path, metrics)
             if state.step % ckpt_every == 0 or state.step == cfg.steps:
-                save_checkpoint(last, state, cfg)
+                save_train_state(last, state, cfg)
         for name in STAGES:  # stages saved by an earlier run but not evaluated yet
             if name not in metrics and (folder / f"{name}.pt").exists():
-                blob = load_checkpoint(folder / f"{name}.pt")
+                blob = load_train_state(folder / f"{name}.pt")
                 metrics[name] = {"step": blob.step, **evaluate(blob.model, task, held_out, seed)}
                 atomic_save(metrics_path, metrics)
     return {"task": task, "model_config": asdict(spec.model), "train_config": asdict(cfg),
@@ -139,11 +146,14 @@ def train_task(task: str, ckpt_dir: Path, *, quick: bool = False, seed: int = 0,
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=(*TASKS, "all"), default="all")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default per task)")
-    p.add_argument("--ckpt-dir", type=Path, default=Path("checkpoints/mdm"),
-                   help="checkpoint folder (--quick appends '-quick')")
-    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--task", choices=(*TASKS, "all"), default="all", help="model to train")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="training steps (default per task)")
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
+                   help="checkpoint folder, holding TASK/STAGE.pt (default: the cache's "
+                        "checkpoints/mdm; quick: checkpoints/mdm-quick)")
+    p.add_argument("--ckpt-every", type=positive_int, default=100,
+                   help="steps between resumable checkpoints (last.pt)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
 
 
@@ -173,11 +183,11 @@ def _plot_losses(out_dir: Path, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or 1)
-    ckpt_dir = ckpt_dir_for(args.ckpt_dir, args.quick)
+    ckpt_dir = args.checkpoint or default_ckpt_dir(args.quick)
     tasks = TASKS if args.task == "all" else (args.task,)
     results = [train_task(t, ckpt_dir, quick=args.quick, seed=args.seed, steps=args.steps,
                           ckpt_every=args.ckpt_every, fresh=args.fresh) for t in tasks]
-    out_dir = args.out / "guidance"
+    out_dir = args.out
     rows = []
     for r in results:
         print(f"\n{r['task']}: model {r['model_config']}\ntraining {r['train_config']}, "

@@ -1,11 +1,11 @@
 """`samplegrad bench vae`: categorical VAEs trained with every gradient estimator.
 
 For each estimator and seed: train a VAE (−ELBO, analytic KL to the uniform prior) with
-Adam, checkpointing under ``checkpoints/vae/`` (resumable: an interrupted run continues
+Adam, checkpointing under the cache's ``vae/`` folder (resumable: an interrupted run continues
 exactly where it stopped; finished runs are reused), then evaluate on the test set with
 exact one-hot samples: −ELBO (Monte Carlo over ``z ~ q``) and the importance-weighted bound
 with ``iwae_samples`` samples. Prints a mean ± std table over seeds and writes JSON, a
-markdown table and a loss-curve PNG under ``results/vae/``.
+markdown table and a loss-curve PNG under ``runs/vae/`` (``--publish``: ``docs/results/vae/``).
 """
 
 from __future__ import annotations
@@ -21,17 +21,19 @@ from typing import Any
 import torch
 
 from samplegrad.checkpoint import load_checkpoint
+from samplegrad_bench._args import comma_list, positive_int, seed_list
 from samplegrad_bench._common import Timer, markdown_table, progress, save_figure, write_json
 from samplegrad_bench.data import load_digits, load_idx_dataset
 from samplegrad_bench.estimators import bench_methods, default_knobs, is_score_function
+from samplegrad_bench.paths import cache_dir
 from samplegrad_bench.tasks.vae import (
-    TrainConfig,
     VAEConfig,
+    VAETrainConfig,
     fit,
-    init_train,
     iwae_bound,
     neg_elbo,
-    save_state,
+    save_train_state,
+    train_init,
 )
 
 CONFIGS = {"20x10": (20, 10), "48x2": (48, 2)}
@@ -87,13 +89,13 @@ def load_data(dataset: str, root: str | None = None) -> tuple[torch.Tensor, torc
     return train, test, True
 
 
-def train_config(s: Settings, estimator: str, dynamic: bool) -> TrainConfig:
-    return TrainConfig(estimator=estimator, knobs=default_knobs(estimator),
-                       n_samples=s.rloo_samples if estimator == "rloo" else 1, lr=s.lr,
-                       batch_size=s.batch_size, dynamic_binarization=dynamic)
+def train_config(s: Settings, estimator: str, dynamic: bool) -> VAETrainConfig:
+    return VAETrainConfig(estimator=estimator, knobs=default_knobs(estimator),
+                          n_samples=s.rloo_samples if estimator == "rloo" else 1, lr=s.lr,
+                          batch_size=s.batch_size, dynamic_binarization=dynamic)
 
 
-def run_tag(s: Settings, tc: TrainConfig, seed: int) -> str:
+def run_tag(s: Settings, tc: VAETrainConfig, seed: int) -> str:
     """A short hash of everything that determines a run (so changed settings never resume
     from a stale checkpoint)."""
     tcd = asdict(tc)
@@ -131,7 +133,7 @@ def run_one(s: Settings, estimator: str, seed: int, train: torch.Tensor, test: t
     if saved is not None and "result" in saved["extra"]:
         return saved["extra"]["result"]
     vae = VAEConfig(n_pixels=train.shape[1], n_latent=l, n_classes=k, hidden=tuple(s.hidden))
-    state = init_train(vae, tc, seed)
+    state = train_init(vae, tc, seed)
     prior_seconds = saved["extra"].get("train_seconds", 0.0) if saved else 0.0
     start_step = saved["step"] if saved else 0
     with Timer() as t_train:
@@ -155,7 +157,7 @@ def run_one(s: Settings, estimator: str, seed: int, train: torch.Tensor, test: t
         "ms_per_step": 1e3 * t_train.seconds / steps_run if steps_run else float("nan"),
         "eval_seconds": t_eval.seconds, "curve": smooth_curve(state.history),
     }
-    save_state(path, state, result=result, train_seconds=result["train_seconds"])
+    save_train_state(path, state, result=result, train_seconds=result["train_seconds"])
     return result
 
 
@@ -220,31 +222,32 @@ def plot_curves(results: list[dict[str, Any]], title: str, path: Path) -> Path:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=["digits", "fashion"], default="digits")
-    p.add_argument("--config", nargs="+", choices=list(CONFIGS), default=None,
-                   help="latent configs (default: both for digits (quick: 20x10), 48x2 "
-                        "for fashion)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (seed, seed+1, ..)")
-    p.add_argument("--estimators", nargs="+", default=None,
-                   help="subset of: " + " ".join(bench_methods()))
-    p.add_argument("--iwae-samples", type=int, default=None)
-    p.add_argument("--test-subset", type=int, default=None,
+    p.add_argument("--config", type=comma_list(choices=CONFIGS), default=None,
+                   metavar="LxK,...", help="comma list of latent configs (default: both for "
+                   "digits (quick: 20x10), 48x2 for fashion)")
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps")
+    p.add_argument("--seeds", type=seed_list, default=None, metavar="S,...",
+                   help="comma list of training seeds (default 0,1,2; quick and fashion: 0)")
+    p.add_argument("--methods", type=comma_list(choices=bench_methods()), default=None,
+                   metavar="NAME,...", help="comma list of estimators (default: all)")
+    p.add_argument("--iwae-samples", type=positive_int, default=None,
+                   help="samples of the importance-weighted bound")
+    p.add_argument("--test-subset", type=positive_int, default=None,
                    help="first N test images for the IWAE bound")
     p.add_argument("--data-root", default=None, help="folder with Fashion-MNIST IDX files")
-    p.add_argument("--checkpoints", type=Path, default=Path("checkpoints/vae"))
+    p.add_argument("--checkpoints", type=Path, default=None, metavar="DIR",
+                   help="folder of resumable training checkpoints (default: the user "
+                        "cache's vae/)")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads or 1)
     s = defaults(args.dataset, args.quick)
-    over = {"steps": args.steps, "seeds": args.seeds, "iwae_samples": args.iwae_samples,
-            "test_subset": args.test_subset}
+    over = {"steps": args.steps, "seeds": len(args.seeds) if args.seeds else None,
+            "iwae_samples": args.iwae_samples, "test_subset": args.test_subset}
     s = replace(s, **{k: v for k, v in over.items() if v is not None})
-    names = args.estimators or bench_methods()
-    unknown = set(names) - set(bench_methods())
-    if unknown:
-        raise ValueError(f"--estimators: unknown {sorted(unknown)}; choose from "
-                         f"{bench_methods()}")
+    names = args.methods or bench_methods()
+    ckpt_root = args.checkpoints if args.checkpoints is not None else cache_dir("vae")
     if args.dataset == "fashion":
         configs = args.config or ["48x2"]
     else:
@@ -255,8 +258,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for config in configs:
         cs = replace(s, config=config, estimators=list(names))
         cell = f"{args.dataset}_{config}{suffix}"
-        ckpt_dir = args.checkpoints / cell
-        seeds = [args.seed + i for i in range(cs.seeds)]
+        ckpt_dir = ckpt_root / cell
+        seeds = list(args.seeds) if args.seeds else list(range(cs.seeds))
         results = []
         bar = progress(total=cs.steps, desc=cell)
         for name in names:
@@ -279,7 +282,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         table = markdown_table(rows)
         print(f"\n{header}\n\n{table}\n")
-        res_dir = args.out / "vae"
+        res_dir = args.out
         plot_curves(results, f"{args.dataset} {l}x{k}: {cs.steps} steps, "
                     f"{len(seeds)} seed(s)", res_dir / f"{cell}.png")
         (res_dir / f"{cell}.md").write_text(f"{header}\n\n{table}\n")

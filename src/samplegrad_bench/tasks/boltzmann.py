@@ -3,7 +3,8 @@
 * :class:`Phi4Lattice` — a Ginzburg-Landau / lattice phi^4 field on an ``L x L`` periodic
   grid (``d = L^2``),
   ``U = sum_x [J/2 sum_mu (phi_{x+mu} - phi_x)^2 + m2/2 phi_x^2 + g/4 phi_x^4]``.
-  Reference samples come from MALA chains (:func:`reference_samples`, cached under ``.cache/``).
+  Reference samples come from MALA chains (:func:`reference_samples`, cached in the user
+  cache's ``mala/``).
 * :class:`PerturbedGaussian` — ``U = |x|^2/2 + delta sum_i x_i^4/4``: a product law, so it is
   sampled exactly (rejection from ``N(0, 1)`` per coordinate) and the OU score of every
   ``p_t`` is computed by 1-D quadrature (:meth:`PerturbedGaussian.ou_score`).
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 from samplegrad.checkpoint import save_checkpoint
+from samplegrad_bench import paths
 from samplegrad_bench._common import progress
 
 
@@ -156,11 +158,13 @@ def run_mala(target, n: int, n_chains: int = 500, n_burn: int = 2000, thin: int 
     return samples, state.accepted / max(1, state.proposed)
 
 
-def reference_samples(target, n: int, seed: int = 0, cache_dir: str | Path = ".cache/spectral",
+def reference_samples(target, n: int, seed: int = 0, cache_dir: str | Path | None = None,
                       show_progress: bool = True, **mala_kw) -> Tensor:
-    """MALA reference samples ``(n, d)``, cached in ``cache_dir`` (keyed by target and settings)."""
+    """MALA reference samples ``(n, d)``, cached in ``cache_dir`` (default: the user cache's
+    ``mala/``, see :func:`samplegrad_bench.paths.cache_dir`), keyed by target and settings."""
     key = hashlib.sha1(repr((target, n, seed, sorted(mala_kw.items()))).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"mala_{type(target).__name__}_{key}.pt"
+    folder = paths.cache_dir("mala") if cache_dir is None else Path(cache_dir)
+    path = folder / f"mala_{type(target).__name__}_{key}.pt"
     if path.exists():
         return torch.load(path)["samples"]
     samples, rate = run_mala(target, n, seed=seed, show_progress=show_progress, **mala_kw)

@@ -1,6 +1,6 @@
 """Gaussian-mixture potentials with learnable mixture logits, and the hexagon reward.
 
-The Langevin experiment of Implicit Diffusion (METHODS.md §2): six unit-variance Gaussians
+The Langevin experiment of Implicit Diffusion (docs/methods.md#langevin): six unit Gaussians
 on a hexagon of radius 4, mixture weights ``softmax(theta)``, and a reward that favours the
 upper-right region. Everything here is a pure function of tensors; the closed forms
 (:func:`component_rewards`, :func:`mixture_reward`) give the exact ``E_{pi_theta}[R]``

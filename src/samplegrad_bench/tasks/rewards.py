@@ -3,7 +3,7 @@
 ``digit_classifier()`` is a small MLP (64 -> 128 -> 128 -> 10) trained deterministically in
 a few seconds on ``load_digits("train")`` with augmentation (random binarization at a random
 threshold, Gaussian pixel noise, clipping to [0, 1]) so that it also scores binarized digits
-and diffusion samples. It is cached under ``cache_dir`` and reloaded when present. Measured
+and diffusion samples. It is cached (user cache folder) and reloaded when present. Measured
 held-out accuracy (``load_digits("test")``, 359 images, seed 0, 1 thread): 0.989 on the
 grey-level digits and 0.958 on the binarized ones (kept as ``classifier.accuracy``).
 """
@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from samplegrad.checkpoint import save_checkpoint
+from samplegrad_bench import paths
 from samplegrad_bench.data import load_digits
 
 __all__ = ["DigitMLP", "brightness", "digit_classifier", "digit_log_prob", "train_classifier"]
@@ -91,16 +92,18 @@ def train_classifier(*, seed: int = 0, steps: int = _STEPS, batch_size: int = 25
     return model
 
 
-def digit_classifier(cache_dir: str | Path = "checkpoints", seed: int = 0,
+def digit_classifier(cache_dir: str | Path | None = None, seed: int = 0,
                      steps: int = _STEPS) -> DigitMLP:
     """The cached digit classifier (trained on first use, a few seconds; eval mode).
 
     The weights live in ``cache_dir/digit_classifier_seed{seed}.pt`` (``..._steps{steps}.pt``
-    for a non-default number of training steps); a present file is reloaded. ``.accuracy``
-    holds the held-out accuracies measured when it was trained.
+    for a non-default number of training steps; ``cache_dir`` defaults to the user cache's
+    ``classifier/``, see :func:`samplegrad_bench.paths.cache_dir`); a present file is
+    reloaded. ``.accuracy`` holds the held-out accuracies measured when it was trained.
     """
     tag = "" if steps == _STEPS else f"_steps{steps}"
-    path = Path(cache_dir) / f"digit_classifier_seed{seed}{tag}.pt"
+    folder = paths.cache_dir("classifier") if cache_dir is None else Path(cache_dir)
+    path = folder / f"digit_classifier_seed{seed}{tag}.pt"
     if path.exists():
         blob = torch.load(path, map_location="cpu", weights_only=True)
         model = DigitMLP(int(blob["hidden"]))

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from samplegrad.checkpoint import save_checkpoint
+from samplegrad_bench import paths
 
 # difficulty -> number of clues kept (cells removed greedily while the solution stays unique)
 DIFFICULTY_CLUES: dict[str, int] = {"easy": 40, "medium": 32, "hard": 26}
@@ -276,12 +277,16 @@ def generate_puzzles(n: int, seed: int = 0,
 
 
 def puzzle_set(n: int = 100, seed: int = 0, difficulty: str = "medium",
-               cache_dir: str | Path | None = ".cache/sudoku") -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`generate_puzzles`, cached as a ``.pt`` file under ``cache_dir`` (None: no cache)."""
+               cache_dir: str | Path | None = None,
+               cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`generate_puzzles`, cached as a ``.pt`` file under ``cache_dir`` (default: the
+    user cache's ``sudoku/``, see :func:`samplegrad_bench.paths.cache_dir`; ``cache=False``:
+    not cached)."""
     _check_difficulty(difficulty)
     path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"puzzles_{difficulty}_n{n}_seed{seed}.pt"
+    if cache:
+        folder = paths.cache_dir("sudoku") if cache_dir is None else Path(cache_dir)
+        path = folder / f"puzzles_{difficulty}_n{n}_seed{seed}.pt"
         if path.exists():
             data = torch.load(path)
             return data["puzzles"], data["solutions"]

@@ -12,8 +12,9 @@ reconstruction term as an objective of one-hot ``z`` (``estimate(f, logits, name
 
 Evaluation never relaxes: :func:`neg_elbo` and :func:`iwae_bound` draw exact one-hot
 ``z ~ q(z | x)``; :func:`enumerate_log_px` / :func:`enumerate_neg_elbo` are the ground truth
-for small ``K^L``. Training is an ``init_train`` / ``train_step`` pair over a
-:class:`TrainState`; :func:`fit` loops with atomic checkpoints and exact resume.
+for small ``K^L``. Training is a :func:`train_init` / :func:`train_step` pair over a
+:class:`VAETrainState` (``train_step`` returns ``(state, info)``); :func:`fit` loops with
+atomic checkpoints (:func:`save_train_state` / :func:`load_train_state`) and exact resume.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import samplegrad as sg
+from samplegrad._config import check_bool, check_choice, check_int, check_real
 from samplegrad.categorical._sampling import sample_one_hot
 from samplegrad.checkpoint import (
     DeferredInterrupt,
@@ -35,6 +38,8 @@ from samplegrad.checkpoint import (
     save_training_state,
 )
 from samplegrad_bench.estimators import estimate, is_score_function, sampler
+
+OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
 
 @dataclass(frozen=True)
@@ -47,13 +52,13 @@ class VAEConfig:
     hidden: tuple[int, ...] = (256, 128)
 
     def __post_init__(self) -> None:
-        for name in ("n_pixels", "n_latent", "n_classes"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_classes < 2:
-            raise ValueError(f"n_classes must be >= 2, got {self.n_classes}")
-        if any(int(h) < 1 for h in self.hidden):
-            raise ValueError(f"hidden sizes must be >= 1, got {self.hidden}")
+        check_int(self.n_pixels, "n_pixels", 1)
+        check_int(self.n_latent, "n_latent", 1)
+        check_int(self.n_classes, "n_classes", 2)
+        if not isinstance(self.hidden, tuple):
+            raise ValueError(f"hidden: must be a tuple of layer sizes, got {self.hidden!r}")
+        for h in self.hidden:
+            check_int(h, "hidden", 1)
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:
@@ -126,7 +131,7 @@ def neg_elbo(model: CategoricalVAE, x: torch.Tensor, n_samples: int = 1,
     n_samples = _check_samples(n_samples)
     logits = model.encode(x)
     probs = torch.softmax(logits, -1)
-    recon = torch.zeros(x.shape[0], dtype=x.dtype)
+    recon = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for start in range(0, n_samples, chunk):
         s = min(chunk, n_samples - start)
         z = sample_one_hot(probs.expand(s, *probs.shape), generator)
@@ -152,7 +157,7 @@ def iwae_bound(model: CategoricalVAE, x: torch.Tensor, n_samples: int = 1000,
         xb = x[b0:b0 + batch]
         logits = model.encode(xb)
         probs = torch.softmax(logits, -1)
-        acc = torch.full((xb.shape[0],), -math.inf, dtype=x.dtype)
+        acc = torch.full((xb.shape[0],), -math.inf, dtype=x.dtype, device=x.device)
         for start in range(0, n_samples, chunk):
             s = min(chunk, n_samples - start)
             z = sample_one_hot(probs.expand(s, *probs.shape), generator)
@@ -162,19 +167,21 @@ def iwae_bound(model: CategoricalVAE, x: torch.Tensor, n_samples: int = 1000,
     return torch.cat(out)
 
 
-def all_configs(n_latent: int, n_classes: int) -> torch.Tensor:
+def all_configs(n_latent: int, n_classes: int,
+                device: torch.device | str | None = None) -> torch.Tensor:
     """Every one-hot configuration, ``(K^L, L, K)`` (small ``K^L`` only)."""
     n = n_classes**n_latent
     if n > 2**16:
         raise ValueError(f"n_classes**n_latent = {n} is too many configurations to enumerate")
-    idx = torch.arange(n)[:, None] // n_classes ** torch.arange(n_latent - 1, -1, -1) % n_classes
+    powers = n_classes ** torch.arange(n_latent - 1, -1, -1, device=device)
+    idx = torch.arange(n, device=device)[:, None] // powers % n_classes
     return F.one_hot(idx, n_classes).float()
 
 
 @torch.no_grad()
 def enumerate_log_px(model: CategoricalVAE, x: torch.Tensor) -> torch.Tensor:
     """Exact ``log p(x) = log sum_z p(z) p(x | z)`` by enumeration, ``(B,)``."""
-    z = all_configs(model.cfg.n_latent, model.cfg.n_classes)[:, None]  # (C, 1, L, K)
+    z = all_configs(model.cfg.n_latent, model.cfg.n_classes, x.device)[:, None]  # (C,1,L,K)
     ll = bernoulli_log_lik(model.decode(z), x)  # (C, B)
     return torch.logsumexp(ll, 0) + log_prior(model.cfg.n_latent, model.cfg.n_classes)
 
@@ -183,7 +190,7 @@ def enumerate_log_px(model: CategoricalVAE, x: torch.Tensor) -> torch.Tensor:
 def enumerate_neg_elbo(model: CategoricalVAE, x: torch.Tensor) -> torch.Tensor:
     """Exact −ELBO ``sum_z q(z | x) [-log p(x | z)] + KL(q || uniform)``, ``(B,)``."""
     logits = model.encode(x)
-    z = all_configs(model.cfg.n_latent, model.cfg.n_classes)[:, None]
+    z = all_configs(model.cfg.n_latent, model.cfg.n_classes, x.device)[:, None]
     q = log_q(logits, z).exp()  # (C, B)
     recon = -(q * bernoulli_log_lik(model.decode(z), x)).sum(0)
     return recon + kl_to_uniform(logits)
@@ -193,7 +200,7 @@ def enumerate_neg_elbo(model: CategoricalVAE, x: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
-class TrainConfig:
+class VAETrainConfig:
     """How one VAE is trained. ``knobs`` are the estimator's (``t1``, ``tau``, ...);
     ``n_samples`` latent draws per datapoint and step; REINFORCE's baseline is an EMA of past
     objective values with ``baseline_decay``. ``per_datapoint_credit`` (score-function
@@ -211,16 +218,19 @@ class TrainConfig:
     per_datapoint_credit: bool = True
 
     def __post_init__(self) -> None:
-        _check_samples(self.n_samples)
-        _check_samples(self.batch_size, "batch_size")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.baseline_decay < 1.0:
-            raise ValueError(f"baseline_decay must be in [0, 1), got {self.baseline_decay}")
+        check_choice(self.estimator, "estimator", sg.methods())
+        if not isinstance(self.knobs, dict):
+            raise ValueError(f"knobs: must be a dict, got {type(self.knobs).__name__}")
+        check_int(self.n_samples, "n_samples", 1)
+        check_real(self.lr, "lr", gt=0)
+        check_int(self.batch_size, "batch_size", 1)
+        check_bool(self.dynamic_binarization, "dynamic_binarization")
+        check_real(self.baseline_decay, "baseline_decay", ge=0, lt=1)
+        check_bool(self.per_datapoint_credit, "per_datapoint_credit")
 
 
 @dataclass
-class TrainState:
+class VAETrainState:
     """Everything that changes during training (and is checkpointed)."""
 
     model: CategoricalVAE
@@ -230,21 +240,27 @@ class TrainState:
     baseline: float | None = None  # REINFORCE EMA baseline (mean objective value)
 
 
-def init_train(vae: VAEConfig, cfg: TrainConfig, seed: int = 0) -> TrainState:
-    """A fresh model (initialized from ``seed``) and its Adam optimizer."""
+def train_init(vae: VAEConfig, cfg: VAETrainConfig, seed: int = 0, *,
+               device: torch.device | str | None = None,
+               optimizer: OptimizerFactory | None = None) -> VAETrainState:
+    """A fresh model (initialized from ``seed``, on ``device``) and its optimizer:
+    ``optimizer(params)`` when that factory is given, else ``torch.optim.Adam`` with
+    ``cfg.lr``."""
     torch.manual_seed(seed)
-    model = CategoricalVAE(vae)
-    return TrainState(model, torch.optim.Adam(model.parameters(), lr=cfg.lr))
+    model = CategoricalVAE(vae).to(device)
+    params = list(model.parameters())
+    opt = optimizer(params) if optimizer is not None else torch.optim.Adam(params, lr=cfg.lr)
+    return VAETrainState(model, opt)
 
 
-def sample_batch(data: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+def sample_batch(data: torch.Tensor, cfg: VAETrainConfig) -> torch.Tensor:
     """A minibatch ``(batch_size, D)`` drawn with replacement from the global RNG;
     with ``dynamic_binarization`` every pixel is resampled as ``Bernoulli(intensity)``."""
-    x = data[torch.randint(len(data), (cfg.batch_size,))]
+    x = data[torch.randint(len(data), (cfg.batch_size,), device=data.device)]
     return torch.bernoulli(x) if cfg.dynamic_binarization else x
 
 
-def training_loss(model: CategoricalVAE, x: torch.Tensor, cfg: TrainConfig,
+def training_loss(model: CategoricalVAE, x: torch.Tensor, cfg: VAETrainConfig,
                   baseline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Surrogate −ELBO per datapoint (batch mean) whose ``backward()`` gives the estimator's
     gradient, and the detached reconstruction values (for baselines): ``(S, B)`` per
@@ -280,8 +296,10 @@ def training_loss(model: CategoricalVAE, x: torch.Tensor, cfg: TrainConfig,
     return per.mean() / b + kl, per.detach()
 
 
-def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig) -> float:
-    """One Adam step on minibatch ``x``; appends the loss to ``state.history``."""
+def train_step(state: VAETrainState, x: torch.Tensor,
+               cfg: VAETrainConfig) -> tuple[VAETrainState, dict[str, float]]:
+    """One optimizer step on minibatch ``x`` ``(B, D)``; appends the loss to
+    ``state.history``. Returns ``(state, {"loss": float})`` (``state`` advanced in place)."""
     state.optimizer.zero_grad(set_to_none=True)
     loss, vals = training_loss(state.model, x, cfg, state.baseline)
     loss.backward()
@@ -291,17 +309,17 @@ def train_step(state: TrainState, x: torch.Tensor, cfg: TrainConfig) -> float:
     state.baseline = v if state.baseline is None else d * state.baseline + (1 - d) * v
     state.step += 1
     state.history.append(float(loss.detach()))
-    return state.history[-1]
+    return state, {"loss": state.history[-1]}
 
 
-def save_state(path: str | Path, state: TrainState, **extra: Any) -> Path:
+def save_train_state(path: str | Path, state: VAETrainState, **extra: Any) -> Path:
     """Atomic checkpoint of model, optimizer, RNG streams, step, history and baseline."""
     return save_training_state(path, {"model": state.model, "optimizer": state.optimizer},
                                step=state.step, history=state.history,
                                baseline=state.baseline, **extra)
 
 
-def load_state(path: str | Path, state: TrainState) -> dict[str, Any] | None:
+def load_train_state(path: str | Path, state: VAETrainState) -> dict[str, Any] | None:
     """Resume ``state`` in place from ``path`` (RNG streams too); the checkpoint's extras or
     ``None`` when there is no file."""
     got = load_training_state(path, {"model": state.model, "optimizer": state.optimizer})
@@ -311,10 +329,10 @@ def load_state(path: str | Path, state: TrainState) -> dict[str, Any] | None:
     return got
 
 
-def fit(state: TrainState, data: torch.Tensor, cfg: TrainConfig, steps: int,
+def fit(state: VAETrainState, data: torch.Tensor, cfg: VAETrainConfig, steps: int,
         checkpoint: str | Path | None = None, every: int = 500,
-        callback: Callable[[TrainState], None] | None = None,
-        progress_bar: Any = None) -> TrainState:
+        callback: Callable[[VAETrainState], None] | None = None,
+        progress_bar: Any = None) -> VAETrainState:
     """Train until ``state.step == steps``, resuming from ``checkpoint`` when it exists.
 
     Checkpoints every ``every`` steps and at the end. Ctrl-C (SIGINT) and a
@@ -326,7 +344,7 @@ def fit(state: TrainState, data: torch.Tensor, cfg: TrainConfig, steps: int,
     if int(every) != every or every < 1:
         raise ValueError(f"every must be an integer >= 1, got {every}")
     if checkpoint is not None:
-        load_state(checkpoint, state)
+        load_train_state(checkpoint, state)
     if progress_bar is not None:
         progress_bar.reset(total=steps)
         progress_bar.update(state.step)
@@ -343,7 +361,7 @@ def fit(state: TrainState, data: torch.Tensor, cfg: TrainConfig, steps: int,
                 interrupted = True
             if checkpoint is not None and (interrupted or stop.requested
                                            or state.step % every == 0 or state.step == steps):
-                save_state(checkpoint, state)
+                save_train_state(checkpoint, state)
             if interrupted:
                 raise KeyboardInterrupt
             stop.raise_if_requested()
