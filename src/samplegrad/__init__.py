@@ -1,5 +1,6 @@
 """samplegrad: optimization through stochastic sampling."""
 
+from samplegrad._validation import set_validation, validation, validation_enabled
 from samplegrad.categorical import (
     Method,
     ReDGECategorical,
@@ -30,6 +31,9 @@ __all__ = [
     "reinmax",
     "rloo",
     "sampler",
+    "set_validation",
     "straight_through",
     "surrogate",
+    "validation",
+    "validation_enabled",
 ]
