@@ -1,116 +1,165 @@
-"""`samplegrad demo`: a small gradient-estimator showdown, in a few minutes on a laptop CPU.
+"""`samplegrad demo`: a one-minute tour of the three systems, on data that ships with the code.
 
-Two tables over every estimator (ours and, when installed, the peer PyPI ``redge``), each at
-its default knobs, on problems defined in code (no downloads):
+1. **Categorical gradients**: every estimator at its default knobs (ReDGE and its variants,
+   the classic estimators, and the peer PyPI ``redge`` when installed), scored twice: the
+   exact expected loss Adam reaches on a polynomial program of binary variables
+   (:mod:`samplegrad_bench.tasks.polyprog`), and the MSE of single gradient estimates on a
+   small MLP objective against its exact gradient
+   (:mod:`samplegrad_bench.tasks.gradient_problems`). One table, both scores side by side.
+2. **Implicit Diffusion**: reward training of the mixture logits of a Langevin sampler on
+   the hexagon mixture (:mod:`samplegrad_bench.tasks.mixtures`): the single loop
+   (:func:`samplegrad.implicit.langevin.step`) against backprop through unrolled Langevin
+   steps (:func:`samplegrad.implicit.langevin_baselines.unrolled_step`), each given the same
+   wall-clock budget; the exact expected reward each reaches and the speed-up.
+3. **Optimization-free diffusion**: :func:`samplegrad.spectral.fit` on the 8x8 digits in
+   principal-component space, sampled and compared to held-out digits against a Gaussian.
 
-1. Polynomial programming (:mod:`samplegrad_bench.tasks.polyprog`): Adam on free logits of ``L``
-   binary variables; the exact expected loss reached, its gap to the optimum, the wall time.
-2. Gradient quality (:mod:`samplegrad_bench.tasks.gradient_problems`): bias², variance, MSE and
-   cosine to the exact gradient of a small random MLP objective (enumerated), from many
-   independent single estimates, and the cost of one estimate.
-
-The full versions are ``samplegrad bench polyprog`` and ``samplegrad bench gradients``.
+Writes ``demo.png`` (a panel per part) and ``demo.json`` (every number) into ``runs/demo/``
+(or ``--out``; ``--publish``: ``docs/results/demo/``). One torch thread unless ``--threads``
+(the problems are small). The full versions are the benchmarks ``gradients``, ``polyprog``,
+``langevin`` and ``spectral``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
-import torch
-
 from samplegrad_bench._args import int_at_least, positive_float, positive_int
-from samplegrad_bench._common import markdown_table, progress, seed_all, write_json
-from samplegrad_bench.estimators import bench_methods, default_knobs
-from samplegrad_bench.runners import gradients, polyprog
-from samplegrad_bench.tasks import polyprog as task
-from samplegrad_bench.tasks.gradient_problems import get_problem
 
-GRAD_PROBLEM = "mlp_L4_K5"
+# The demo's tensors are small. With more than one torch thread, an OpenMP worker that spins
+# while it waits competes with the main thread for a busy core (on a loaded 2-core machine,
+# `--threads 2` ran 10-50x slower than one thread); let idle workers sleep instead. Only
+# when this module is imported before torch (the `samplegrad demo` command); an
+# OMP_WAIT_POLICY of your own wins.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="Adam steps (default 300; quick 60)")
-    p.add_argument("--power", type=positive_float, default=2.0, help="loss power p (default 2)")
+                   help="Adam steps on the polynomial program (default 300; quick 30)")
+    p.add_argument("--power", type=positive_float, default=None,
+                   help="loss power p of the polynomial program (default 2)")
     p.add_argument("--draws", type=int_at_least(2), default=None,
-                   help="gradient draws per estimator (default 2000; quick 200)")
+                   help="gradient draws per estimator (default 2000; quick 60)")
+    p.add_argument("--budget", type=positive_float, default=None, metavar="SECONDS",
+                   help="wall-clock seconds for each Langevin method (default 6; quick 0.4)")
 
 
-def _knobs(name: str) -> dict[str, Any]:
-    """Default knobs; REINFORCE gets an EMA-of-past-losses baseline (decay 0.9) when training."""
-    kn = default_knobs(name)
-    if name == "reinforce":
-        kn.pop("baseline", None)
-        kn["ema"] = 0.9
-    return kn
+def _config(args: argparse.Namespace):
+    from samplegrad_bench.runners import _demo_parts as parts
+
+    cfg = parts.QUICK if args.quick else parts.DemoConfig()
+    kw = {k: v for k, v in (("steps", args.steps), ("power", args.power),
+                            ("draws", args.draws), ("budget_s", args.budget)) if v is not None}
+    return replace(cfg, **kw)
 
 
-def polyprog_table(names: list[str], n_vars: int, steps: int, batch: int, power: float,
-                   seed: int) -> list[dict[str, Any]]:
-    """Each estimator optimizes the same polynomial program; rows sorted by final E[loss]."""
-    rows = []
-    bar = progress(names, desc="demo: polynomial program", total=len(names), disable=None)
-    for name in bar:
-        bar.set_postfix_str(name)
-        r = polyprog.optimize(name, _knobs(name), power, seed, n_vars=n_vars, batch=batch,
-                              steps=steps)
-        rows.append({"estimator": name, "knobs": polyprog.knob_str(r["knobs"]),
-                     "final E[loss]": r["final"], "gap to optimum": r["gap"],
-                     "time (s)": r["seconds"]})
-    return sorted(rows, key=lambda r: r["final E[loss]"])
+# ---- printing ------------------------------------------------------------------------------
+def _print_categorical(s: dict[str, Any], seed: int) -> None:
+    from samplegrad_bench._common import markdown_table
+
+    p, g = s["polynomial_program"], s["gradient_problem"]
+    print(f"\n1/3 Categorical gradients, every estimator at its default knobs (seed {seed}).\n"
+          f"final E[loss]: Adam (lr {p['lr']:g}, {p['batch']} samples/step, {p['steps']} steps) "
+          f"on L={p['n_vars']} binary variables, loss mean_d |x_d - 0.45|^{p['power']:g}; exact "
+          f"at the final logits (start {p['start']:.4f}, optimum {p['optimum']:.4f}).\n"
+          f"gradient MSE: {g['draws']} independent single estimates (RLOO: 2 samples) against "
+          f"the exact gradient of a {g['description']} (‖g‖² = {g['grad_norm2']:.4g}). "
+          f"REINFORCE trains with an EMA baseline (0.9), its gradient MSE has none.\n")
+    cols = ["family", "estimator", "knobs", "final E[loss]", "gap to optimum", "gradient MSE",
+            "cosine"]
+    print(markdown_table(s["rows"], cols))
+    best_loss = min(s["rows"], key=lambda r: r["final E[loss]"])["estimator"]
+    best_mse = min(s["rows"], key=lambda r: r["gradient MSE"])["estimator"]
+    print(f"lowest final loss: {best_loss}; lowest gradient MSE: {best_mse}")
 
 
-def gradient_table(names: list[str], n_draws: int, seed: int) -> list[dict[str, Any]]:
-    """Bias², variance, MSE, cosine of one estimate (RLOO: 2 samples) at default knobs."""
-    problem = get_problem(GRAD_PROBLEM, seed=seed)
-    value, truth = problem.exact()
-    rows = []
-    bar = progress(names, desc="demo: gradient quality", total=len(names), disable=None)
-    for name in bar:
-        bar.set_postfix_str(name)
-        knobs = default_knobs(name)
-        if name == "reinforce":
-            knobs["baseline"] = None
-        n = 2 if name == "rloo" else 1
-        seed_all(seed)
-        est = gradients.draw_estimates(problem.f, problem.logits, name, n_draws, n, **knobs)
-        s = gradients.gradient_stats(est, truth)
-        sec = gradients.time_estimate(problem.f, problem.logits, name, n, reps=10, **knobs)
-        rows.append({"estimator": name, "knobs": gradients.knob_str(knobs), "n": n,
-                     "bias²": s["bias2"], "variance": s["variance"], "MSE": s["mse"],
-                     "cosine": s["cosine"], "µs/estimate": sec * 1e6})
-    return sorted(rows, key=lambda r: r["MSE"])
+def _print_implicit(s: dict[str, Any]) -> None:
+    from samplegrad_bench._common import markdown_table
 
-
-def run(args: argparse.Namespace) -> dict:
-    if not getattr(args, "threads", None):
-        torch.set_num_threads(1)
-    steps = args.steps or (60 if args.quick else 300)
-    n_draws = args.draws or (200 if args.quick else 2000)
-    n_vars, batch = 64, 32
-    names = bench_methods()
-
-    rows = polyprog_table(names, n_vars, steps, batch, args.power, args.seed)
-    print(f"\n1. Polynomial programming: L={n_vars} binary variables, loss mean_d |x_d - 0.45|^"
-          f"{args.power:g}, Adam lr 0.05 from zero logits, {batch} samples/step, {steps} steps, "
-          f"seed {args.seed}, default knobs (REINFORCE: EMA baseline)")
-    start = float(task.expected_loss(torch.zeros(n_vars, 2), args.power))
-    print(f"(start: E[loss] = {start:.4f}, optimum {task.optimum(args.power):.4f}; "
-          f"final E[loss] is exact, from the final logits)\n")
+    st = s["settings"]
+    print(f"\n2/3 Implicit Diffusion: reward training of the mixture logits theta of six Gaussians "
+          f"on a hexagon, ULA (gamma {st['step_size']:g}, {st['n_particles']} particles), SGD "
+          f"lr {st['theta_lr']:g}; {st['budget_s']:g} s of wall clock for each method. "
+          f"exact E[R] is the closed form at theta (start {s['start exact E[R]']:.4f}, best "
+          f"possible {s['best possible E[R]']:.4f}).\n")
+    rows = [{"method": name, **{k: v for k, v in m.items() if k != "softmax(theta)"},
+             "softmax(theta)": "[" + ", ".join(f"{w:.2f}" for w in m["softmax(theta)"]) + "]"}
+            for name, m in s["methods"].items()]
     print(markdown_table(rows))
-    pp = {"settings": {"n_vars": n_vars, "batch": batch, "steps": steps, "power": args.power,
-                       "seed": args.seed}, "rows": rows}
-    write_json(args.out / "polyprog_demo.json", pp)
+    single, unrolled = rows
+    print(f"In the same budget the single loop gained {single['gain in E[R]']:+.4f} in exact "
+          f"E[R], unrolled backprop {unrolled['gain in E[R]']:+.4f}.")
+    if s["speed-up"] is not None:
+        print(f"The single loop reached the unrolled baseline's final E[R] "
+              f"({s['target (unrolled final E[R])']:.4f}, after {unrolled['time (s)']:.2f} s) "
+              f"in {s['single loop time to reach (s)']:.3f} s ({s['single loop steps to reach']} "
+              f"steps) and stayed above it: {s['speed-up']:.0f}x faster. (The ratio depends on the "
+              f"budget; `samplegrad bench langevin` measures it over 400 unrolled steps.)")
+    elif unrolled["gain in E[R]"] <= 0:
+        print("The unrolled baseline ended at or below the start: no speed-up to report.")
+    else:
+        print("The single loop did not reach the unrolled baseline's final E[R] within the "
+              "budget: no speed-up to report.")
 
-    grows = gradient_table(names, n_draws, args.seed)
-    problem = get_problem(GRAD_PROBLEM, seed=args.seed)
-    g2 = float((problem.exact()[1] ** 2).sum())
-    print(f"\n2. Gradient quality against the exact gradient: {problem.description}, "
-          f"‖g‖² = {g2:.4g}; {n_draws} independent single estimates per estimator (RLOO: 2 "
-          f"samples), default knobs; µs = fastest fwd+bwd of 10, 1 thread\n")
-    print(markdown_table(grows))
-    gq = {"settings": {"problem": problem.name, "n_draws": n_draws, "seed": args.seed,
-                       "grad_norm2": g2}, "rows": grows}
-    write_json(args.out / "gradients_demo.json", gq)
-    return {"polyprog": pp, "gradients": gq}
+
+def _print_spectral(s: dict[str, Any]) -> None:
+    from samplegrad_bench._common import markdown_table
+
+    st = s["settings"]
+    print(f"\n3/3 Optimization-free diffusion: a spectral score model of the 8x8 digits in "
+          f"{st['pcs']} whitened principal components ({st['n_train']} training images; "
+          f"Hermite basis of degree {st['degree']}, {st['basis_size']} functions, one linear "
+          f"solve per time on {st['n_times']} times, no optimizer), {st['n_samples']} samples "
+          f"by {st['sample_steps']} reverse-SDE steps. Distances to the {st['n_test']} held-out "
+          f"digits in the same coordinates (lower is better; the training digits give the "
+          f"noise floor).\n")
+    print(markdown_table(s["rows"]))
+
+
+# ---- runner --------------------------------------------------------------------------------
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from samplegrad_bench._common import write_json
+    from samplegrad_bench.runners import _demo_figure
+    from samplegrad_bench.runners import _demo_parts as parts
+
+    if not getattr(args, "threads", None):
+        torch.set_num_threads(1)  # these problems are small: one thread is fastest
+    cfg = _config(args)
+    out = Path(args.out)
+    seconds: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    cat = parts.categorical(cfg, args.seed)
+    seconds["categorical"] = time.perf_counter() - t0
+    _print_categorical(cat[0], args.seed)
+
+    t0 = time.perf_counter()
+    imp = parts.implicit(cfg, args.seed)
+    seconds["implicit"] = time.perf_counter() - t0
+    _print_implicit(imp[0])
+
+    t0 = time.perf_counter()
+    spec = parts.spectral_part(cfg, args.seed)
+    seconds["spectral"] = time.perf_counter() - t0
+    _print_spectral(spec[0])
+
+    t0 = time.perf_counter()
+    figure = _demo_figure.figure(cat, imp, spec, out / "demo.png")
+    seconds["figure"] = time.perf_counter() - t0
+    result = {"settings": {**asdict(cfg), "seed": args.seed, "quick": bool(args.quick),
+                           "threads": torch.get_num_threads()},
+              "categorical": cat[0], "implicit": imp[0], "spectral": spec[0],
+              "seconds": seconds, "figure": figure.name}
+    path = write_json(out / "demo.json", result)
+    print(f"\nFigure: {figure}\nEvery number: {path}")
+    return result
