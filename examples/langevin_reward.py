@@ -4,7 +4,7 @@ The user writes a potential ``V(x, theta)`` -- here a 2-D Gaussian with a learna
 ``V(x, theta) = ||x - theta||^2 / 2``, so ``pi_theta = N(theta, I)`` -- and a reward
 ``R(x)`` -- here ``-||x - target||^2``, which pulls the mass toward ``target``. The loop
 
-    state = langevin.init(potential, theta0, cfg, dim=2)
+    state = langevin.init(potential, theta0, cfg, shape=2)
     state, info = langevin.step(state, potential, reward, cfg)   # repeated
 
 makes ONE Langevin (ULA) step on a population of particles and then ONE torch.optim step
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     theta0 = torch.zeros(2)
     # the KL reference is pi_{theta_ref} = N(0, I): its own particles run alongside
     ref = {"theta_ref": theta0.clone()} if args.kl_weight > 0 else {}
-    state = langevin.init(potential, theta0, cfg, dim=2, seed=args.seed, **ref)
+    state = langevin.init(potential, theta0, cfg, shape=2, seed=args.seed, **ref)
     print(f"Implicit Langevin: {args.steps} steps, {args.particles} particles, "
           f"target {args.target}, kl_weight {args.kl_weight}")
 

@@ -2,9 +2,13 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from samplegrad.diffusion import (
     EpsMLP,
+    SamplerSchedule,
+    alpha_bars_from_betas,
     ddpm_loss,
     draw_noise,
     linear_alpha_bars,
@@ -42,8 +46,10 @@ def test_bad_schedule_and_noise_inputs_raise():
     m = EpsMLP(dim=4, hidden=8, n_blocks=1, temb_dim=4)
     with pytest.raises(ValueError, match="noise"):
         sample(m, torch.zeros(5, 3, 4), s)  # needs T + 1 = 6
-    with pytest.raises(ValueError, match="x0"):
-        ddpm_loss(m, torch.zeros(3, 2, 4), ab)
+    with pytest.raises(ValueError, match="^x0:"):
+        ddpm_loss(m, torch.zeros(4), ab)  # no batch axis
+    with pytest.raises(ValueError, match="^x0:"):
+        ddpm_loss(m, torch.zeros(3, 4, dtype=torch.long), ab)
 
 
 def test_sampler_replays_its_noise_and_path_ends_at_sample():
@@ -104,6 +110,7 @@ def test_eps_mlp_rejects_bad_sizes_naming_the_argument():
             EpsMLP(**kwargs)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_sampler_and_loss_stay_on_the_gpu():
     s = sampling_schedule(linear_alpha_bars(100), 4)  # the schedule stays on the CPU
@@ -115,3 +122,109 @@ def test_sampler_and_loss_stay_on_the_gpu():
         assert sample(m, noise, s).is_cuda
     x0 = torch.rand(5, 4, device="cuda")
     assert ddpm_loss(m, x0, linear_alpha_bars(100), gen).is_cuda
+
+
+# ---------------------------------------------------------------- schedules from anything
+def test_schedule_from_betas_alphas_cumprod_or_timesteps():
+    betas = torch.linspace(1e-4, 0.02, 200, dtype=torch.float64)
+    ab = alpha_bars_from_betas(betas)
+    torch.testing.assert_close(ab, linear_alpha_bars(200, 1e-4, 0.02))
+    a = SamplerSchedule.from_betas(betas, 8, torch.float64)
+    b = SamplerSchedule.from_alphas_cumprod(ab, 8, torch.float64)
+    c = sampling_schedule(ab.tolist(), 8, torch.float64)  # a plain list works too
+    for x, y, z in zip(a, b, c):
+        torch.testing.assert_close(x, y)
+        torch.testing.assert_close(x, z)
+    s = sampling_schedule(ab, dtype=torch.float64, timesteps=[150, 0, 50, 100])  # any order
+    assert s.timesteps.tolist() == [0, 50, 100, 150] and s.n_steps == 4
+    torch.testing.assert_close(s.alpha_bar_prev[1:], s.alpha_bar[:-1])
+    torch.testing.assert_close(s, sampling_schedule(ab, 4, torch.float64, timesteps=range(0,
+                                                                                      200, 50)))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"alpha_bars": torch.linspace(0.1, 0.9, 10)}, "^alpha_bars: must be non-increasing"),
+    ({"alpha_bars": torch.tensor([1.0, float("nan"), 0.5])}, "^alpha_bars: every"),
+    ({"alpha_bars": torch.tensor([1.0, 1.0, 0.5]), "n_steps": 3}, "^alpha_bars: alpha_bar must"),
+    ({"n_steps": float("nan")}, "^n_steps:"),
+    ({"n_steps": True}, "^n_steps:"),
+    ({"n_steps": None}, "^n_steps:"),
+    ({"timesteps": [0, 100]}, "^timesteps: must lie in"),
+    ({"timesteps": [3, 3]}, "^timesteps: must be distinct"),
+    ({"timesteps": [0.5, 1.5]}, "^timesteps: must be a 1-d integer"),
+    ({"timesteps": [0, 10], "n_steps": 3}, "^n_steps: 3 differs"),
+])
+def test_bad_schedules_name_the_argument(kwargs, match):
+    args = {"alpha_bars": linear_alpha_bars(50), "n_steps": 5, **kwargs}
+    if "timesteps" in kwargs and "n_steps" not in kwargs:
+        args["n_steps"] = None
+    with pytest.raises(ValueError, match=match):
+        sampling_schedule(args.pop("alpha_bars"), args.pop("n_steps"), **args)
+
+
+@pytest.mark.parametrize("betas", [[0.1, 1.0], [0.0, 0.1], [0.1, float("nan")], [0.2]])
+def test_bad_betas(betas):
+    with pytest.raises(ValueError, match="^betas:"):
+        alpha_bars_from_betas(torch.tensor(betas, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------- any event shape
+class ConvEps(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x, t):
+        return self.conv(x) * (1 + t[:, None, None, None].to(x.dtype) / 100)
+
+
+def test_sampler_and_loss_on_images():
+    s = sampling_schedule(linear_alpha_bars(100), 5)
+    m = ConvEps()
+    noise = draw_noise(s, 3, (1, 6, 6), torch.Generator().manual_seed(0))
+    assert noise.shape == (6, 3, 1, 6, 6)
+    with torch.no_grad():
+        path = sample_path(m, noise, s)
+        torch.testing.assert_close(path[0], sample(m, noise, s))
+    assert path.shape == noise.shape
+    loss = ddpm_loss(m, torch.rand(4, 1, 6, 6) * 2 - 1, linear_alpha_bars(100),
+                     torch.Generator().manual_seed(1))
+    loss.backward()
+    assert loss.dim() == 0 and m.conv.weight.grad is not None
+
+
+def test_the_model_is_checked_where_its_output_enters():
+    import samplegrad as sg
+
+    s = sampling_schedule(linear_alpha_bars(100), 3)
+    noise = draw_noise(s, 2, 4, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"^model: a noise model must return eps shaped like"):
+        sample(lambda x, t: x[:, :2], noise, s)
+    with pytest.raises(ValueError, match=r"^model: returned non-finite values"):
+        sample(lambda x, t: x / 0.0, noise, s)
+    with pytest.raises(ValueError, match=r"^model: returned non-finite values"):
+        ddpm_loss(lambda x, t: x * float("nan"), torch.zeros(2, 4), linear_alpha_bars(100))
+    with sg.validation(False):
+        assert torch.isnan(sample(lambda x, t: x * float("nan"), noise, s)).all()
+    with pytest.raises(ValueError, match=r"^noise: non-finite"):
+        sample(lambda x, t: x, noise * float("nan"), s)
+    with pytest.raises(TypeError, match=r"^sched:"):
+        sample(lambda x, t: x, noise, linear_alpha_bars(100))
+    with pytest.raises(TypeError, match=r"^generator:"):
+        ddpm_loss(lambda x, t: x, torch.zeros(2, 4), linear_alpha_bars(100), generator=1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.one_of(st.integers(-5, 0), st.floats(allow_nan=True), st.booleans(), st.none()),
+       shape=st.one_of(st.integers(1, 3), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+def test_draw_noise_rejects_bad_counts(n, shape):
+    s = sampling_schedule(linear_alpha_bars(20), 2)
+    with pytest.raises(ValueError, match="^n:"):
+        draw_noise(s, n, shape)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 4), shape=st.lists(st.integers(1, 3), min_size=1, max_size=3))
+def test_draw_noise_any_event_shape(n, shape):
+    s = sampling_schedule(linear_alpha_bars(20), 2)
+    assert draw_noise(s, n, tuple(shape)).shape == (3, n, *shape)

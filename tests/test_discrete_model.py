@@ -131,6 +131,7 @@ def test_task_adapters():
         digit_tokens(torch.full((2, 64), 0.5))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_training_and_sampling_on_the_gpu(tmp_path):
     from samplegrad.discrete import sample

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from samplegrad.diffusion import EpsMLP, ddpm_step, draw_noise, linear_alpha_bars, sample_path
 from samplegrad.diffusion import sampling_schedule as make_sched
@@ -64,7 +66,7 @@ def test_queue_advances_each_population_once_and_emits_one_per_iteration():
     t_total = 5
     sched = make_sched(linear_alpha_bars(100), t_total)
     cfg = FinetuneConfig(pop_size=3, lr=1e-3, kl_weight=0.1)
-    state = finetune_init(m, sched, cfg, dim=D)
+    state = finetune_init(m, sched, cfg, shape=D)
     assert sorted(state.stage.tolist()) == list(range(t_total))  # staggered after warm-up
     for it in range(2 * t_total + 1):
         before = state.stage.clone()
@@ -85,11 +87,11 @@ def test_queue_with_one_step_and_unrolled_step_run():
     m, params = tiny(torch.float32)
     sched = make_sched(linear_alpha_bars(100), 1)
     cfg = FinetuneConfig(pop_size=4, kl_weight=0.0)
-    state = finetune_init(m, sched, cfg, dim=D)
+    state = finetune_init(m, sched, cfg, shape=D)
     state, info = finetune_step(state, m, sched, reward, cfg)
     assert info["finished_slot"] == 0 and state.stage.tolist() == [0]
-    us = unrolled_init(m, cfg)
-    us, info = unrolled_step(us, m, sched, reward, cfg, dim=D)
+    us = unrolled_init(m, cfg, D)
+    us, info = unrolled_step(us, m, sched, reward, cfg)
     assert us.iteration == 1 and torch.isfinite(torch.tensor(info["reward"]))
 
 
@@ -141,11 +143,11 @@ def test_bad_input_raises_clear_errors():
         FinetuneConfig(optimizer="NoSuchOptimizer")
     with pytest.raises(ValueError, match="kl_weight"):
         FinetuneConfig(kl_weight=float("nan"))
-    with pytest.raises(ValueError, match="model"):
-        finetune_init(params, sched, FinetuneConfig(pop_size=2), dim=D)  # a dict, not a module
-    with pytest.raises(ValueError, match="dim"):
-        finetune_init(m, sched, FinetuneConfig(pop_size=2), dim=0)
-    state = finetune_init(m, sched, FinetuneConfig(pop_size=2), dim=D)
+    with pytest.raises(TypeError, match="model"):
+        finetune_init(params, sched, FinetuneConfig(pop_size=2), shape=D)  # a dict, not a module
+    with pytest.raises(ValueError, match="shape"):
+        finetune_init(m, sched, FinetuneConfig(pop_size=2), shape=0)
+    state = finetune_init(m, sched, FinetuneConfig(pop_size=2), shape=D)
     with pytest.raises(ValueError, match="T ="):
         finetune_step(state, m, make_sched(linear_alpha_bars(100), 3, torch.float64),
                       reward, FinetuneConfig(pop_size=2))
@@ -155,7 +157,7 @@ def test_bad_input_raises_clear_errors():
     frozen, _ = tiny()
     frozen.requires_grad_(False)
     with pytest.raises(ValueError, match="requires_grad"):
-        unrolled_init(frozen, FinetuneConfig())
+        unrolled_init(frozen, FinetuneConfig(), D)
 
 
 def _old_adam(grads, state, params, lr, b1=0.9, b2=0.999, eps=1e-8):
@@ -174,14 +176,14 @@ def test_unrolled_step_trains_the_model_in_place_with_the_old_adam_math():
     sched = make_sched(linear_alpha_bars(200), 4, torch.float64)
     cfg = FinetuneConfig(pop_size=5, lr=1e-2, kl_weight=0.3, seed=7)
     init = {k: v.detach().clone() for k, v in params.items()}
-    state = unrolled_init(m, cfg)
+    state = unrolled_init(m, cfg, D)
     # reference: the old functional loop on a params dict, same noise stream
     gen = torch.Generator().manual_seed(cfg.seed)
     ref_p = {k: v.clone().requires_grad_(True) for k, v in init.items()}
     adam = ({k: torch.zeros_like(v) for k, v in init.items()},
             {k: torch.zeros_like(v) for k, v in init.items()}, 0)
     for _ in range(3):
-        state, info = unrolled_step(state, m, sched, reward, cfg, dim=D)
+        state, info = unrolled_step(state, m, sched, reward, cfg)
         noise = draw_noise(sched, cfg.pop_size, D, gen, torch.float64)
         loss, info_old = unrolled_loss(m, ref_p, init, noise, sched, reward, cfg.kl_weight)
         g = dict(zip(ref_p, torch.autograd.grad(loss, list(ref_p.values()))))
@@ -200,7 +202,7 @@ def test_queue_step_is_one_optimizer_step_on_the_adjoint_gradient():
     sched = make_sched(linear_alpha_bars(100), 1, torch.float64)  # T = 1: no warm-up
     cfg = FinetuneConfig(pop_size=4, kl_weight=0.0, seed=3)
     lr = 0.05
-    state = finetune_init(m, sched, cfg, dim=D,
+    state = finetune_init(m, sched, cfg, shape=D,
                           optimizer=lambda ps: torch.optim.SGD(ps, lr=lr))
     assert isinstance(state.optimizer, torch.optim.SGD)
     before = {k: v.detach().clone() for k, v in m.named_parameters()}
@@ -223,26 +225,202 @@ def test_only_the_optimized_parameters_change():
     m.inp.requires_grad_(False)  # a frozen layer stays out of the optimizer
     sched = make_sched(linear_alpha_bars(100), 3, torch.float64)
     cfg = FinetuneConfig(pop_size=3, lr=1e-2)
-    state = finetune_init(m, sched, cfg, dim=D,
+    state = finetune_init(m, sched, cfg, shape=D,
                           optimizer=lambda ps: torch.optim.Adam(ps[-2:], lr=1e-2))
     before = {k: v.detach().clone() for k, v in m.named_parameters()}
     for _ in range(2):
         state, _ = finetune_step(state, m, sched, reward, cfg)
     changed = {k for k, v in m.named_parameters() if not torch.equal(v.detach(), before[k])}
     assert changed == {"out.weight", "out.bias"}
-    assert set(state.ref_params) == set(before)
+    # the KL reference copies the trainable parameters only (the frozen ones are shared)
+    assert set(state.ref_params) == set(before) - {"inp.weight", "inp.bias"}
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_queue_and_baseline_stay_on_the_model_device():
     m, _ = tiny(torch.float32)
     m = m.cuda()
     sched = make_sched(linear_alpha_bars(100), 3)  # the schedule may stay on the CPU
     cfg = FinetuneConfig(pop_size=2, kl_weight=0.1)
-    state = finetune_init(m, sched, cfg, dim=D)
+    state = finetune_init(m, sched, cfg, shape=D)
     assert state.paths.is_cuda and state.generator.device.type == "cuda"
     state, info = finetune_step(state, m, sched, reward, cfg)
     assert all(v.is_cuda for v in state.ref_params.values())
-    us = unrolled_init(m, cfg)
-    us, info = unrolled_step(us, m, sched, reward, cfg, dim=D)
+    us = unrolled_init(m, cfg, D)
+    us, info = unrolled_step(us, m, sched, reward, cfg)
     assert torch.isfinite(torch.tensor(info["reward"]))
+
+
+# ---------------------------------------------------------------- any model, any event shape
+class ConvEps(torch.nn.Module):
+    """A user's conv noise model on (N, 1, H, W) images: eps = model(x, t)."""
+
+    def __init__(self, ch: int = 4):
+        super().__init__()
+        self.inp = torch.nn.Conv2d(2, ch, 3, padding=1)
+        self.out = torch.nn.Conv2d(ch, 1, 3, padding=1)
+
+    def forward(self, x, t):
+        tmap = (t.to(x.dtype) / 100.0)[:, None, None, None].expand_as(x)
+        return self.out(torch.tanh(self.inp(torch.cat([x, tmap], 1))))
+
+
+def image_reward(x):  # (N, 1, H, W) -> (N,)
+    return torch.sin(x).mean((1, 2, 3)) + x[..., 0, :2, :].mean((1, 2))
+
+
+@pytest.mark.parametrize("kl_weight", [0.0, 0.4])
+def test_adjoint_equals_unrolled_autograd_on_images(kl_weight):
+    torch.manual_seed(0)
+    m = ConvEps().double()
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in m.named_parameters()}
+    ref = perturbed(params, 0.05)
+    sched = make_sched(linear_alpha_bars(100), 4, torch.float64)
+    noise = draw_noise(sched, 3, (1, 5, 5), torch.Generator().manual_seed(2), torch.float64)
+    assert noise.shape == (5, 3, 1, 5, 5)
+    loss, info_u = unrolled_loss(m, params, ref, noise, sched, image_reward, kl_weight)
+    g_auto = torch.autograd.grad(loss, list(params.values()))
+    with torch.no_grad():
+        path = sample_path(lambda x, t: torch.func.functional_call(m, params, (x, t)),
+                           noise, sched)
+    g_adj, info_a = adjoint_grad(m, params, ref, path, sched, image_reward, kl_weight)
+    for (name, ga), gu in zip(g_adj.items(), g_auto):
+        torch.testing.assert_close(ga, gu, rtol=1e-6, atol=1e-10, msg=name)
+    assert info_a["kl"] == pytest.approx(info_u["kl"], rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", [torch.optim.SGD, torch.optim.RMSprop])
+def test_queue_and_baseline_train_a_conv_model_on_images(optimizer):
+    torch.manual_seed(0)
+    m = ConvEps()
+    sched = make_sched(linear_alpha_bars(100), 3)
+    cfg = FinetuneConfig(pop_size=2, kl_weight=0.1)
+    state = finetune_init(m, sched, cfg, (1, 6, 6), optimizer=lambda ps: optimizer(ps, lr=1e-2))
+    assert state.paths.shape == (3, 4, 2, 1, 6, 6) and state.shape == (1, 6, 6)
+    assert isinstance(state.optimizer, optimizer)
+    before = [p.detach().clone() for p in m.parameters()]
+    for _ in range(2):
+        state, info = finetune_step(state, m, sched, image_reward, cfg)
+    us = unrolled_init(m, cfg, (1, 6, 6), optimizer=lambda ps: optimizer(ps, lr=1e-2))
+    us, uinfo = unrolled_step(us, m, sched, image_reward, cfg)
+    assert us.shape == (1, 6, 6) and uinfo["grad_norm"] > 0
+    assert all(not torch.equal(p.detach(), b) for p, b in zip(m.parameters(), before))
+
+
+def test_params_subset_trains_only_those_and_freezes_the_rest():
+    m, _ = tiny(torch.float32)
+    sched = make_sched(linear_alpha_bars(100), 3)
+    cfg = FinetuneConfig(pop_size=3, lr=1e-2, kl_weight=0.2)
+    before = {k: v.detach().clone() for k, v in m.named_parameters()}
+    for init, step in ((finetune_init, finetune_step), (None, unrolled_step)):
+        if init is None:
+            state = unrolled_init(m, cfg, D, params=[m.out.weight])
+        else:
+            state = finetune_init(m, sched, cfg, D, params=m.out.parameters())
+        state, _ = step(state, m, sched, reward, cfg)
+    changed = {k for k, v in m.named_parameters() if not torch.equal(v.detach(), before[k])}
+    assert changed == {"out.weight", "out.bias"}
+    assert all(p.requires_grad for p in m.parameters())  # the user's flags are untouched
+
+
+def test_bad_user_inputs_name_the_argument():
+    m, _ = tiny(torch.float32)
+    other = torch.nn.Linear(2, 2)
+    sched = make_sched(linear_alpha_bars(100), 3)
+    cfg = FinetuneConfig(pop_size=2)
+    # a finetune input of the wrong width: named, not a raw matmul error
+    with pytest.raises(ValueError, match=r"^shape: the model failed on samples of event shape "
+                                         r"\(4,\).*mat1 and mat2"):
+        finetune_init(m, sched, cfg, shape=4)
+    with pytest.raises(ValueError, match=r"^model: a noise model must return eps shaped like "
+                                         r"its input x \(2, 1, 6\), got \(2, 2, 6\)"):
+        unrolled_init(m, cfg, (1, D))  # broadcasts inside the model: a wrong output shape
+    with pytest.raises(TypeError, match=r"^model: calling model\(x, t\) failed"):
+        unrolled_init(torch.nn.Linear(D, D), cfg, D)  # takes x only
+    with pytest.raises(ValueError, match="^params:"):
+        finetune_init(m, sched, cfg, D, params=other.parameters())
+    with pytest.raises(TypeError, match="^params:"):
+        unrolled_init(m, cfg, D, params=3)
+    with pytest.raises(TypeError, match="^sched:"):
+        finetune_init(m, linear_alpha_bars(100), cfg, D)
+    with pytest.raises(TypeError, match="^cfg:"):
+        finetune_init(m, sched, {"pop_size": 2}, D)
+    with pytest.raises(ValueError, match="^optimizer: the factory's optimizer has lr=nan"):
+        finetune_init(m, sched, cfg, D, optimizer=lambda ps: torch.optim.SGD(ps, lr=float("nan")))
+    with pytest.raises(ValueError, match="^n_steps:"):
+        make_sched(linear_alpha_bars(100), float("nan"))
+    state = finetune_init(m, sched, cfg, D)
+    with pytest.raises(ValueError, match=r"^reward_fn: must map x_0 \(2, 6\)"):
+        finetune_step(state, m, sched, lambda x: x.sum(), cfg)  # a scalar, not (N,)
+    with pytest.raises(ValueError, match="^reward_fn: its output does not depend"):
+        finetune_step(state, m, sched, lambda x: reward(x).detach(), cfg)
+    with pytest.raises(TypeError, match="^reward_fn:"):
+        finetune_step(state, m, sched, None, cfg)
+    with pytest.raises(TypeError, match="^state:"):
+        finetune_step(unrolled_init(m, cfg, D), m, sched, reward, cfg)
+
+
+class FirstColumn(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, t):
+        return x[:, :1] * self.w
+
+
+class NaNEps(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x, t):
+        return x * self.w * float("nan")
+
+
+def test_non_finite_values_are_caught_where_they_enter_and_only_when_validating():
+    import samplegrad as sg
+
+    m, _ = tiny(torch.float32)
+    sched = make_sched(linear_alpha_bars(100), 2)
+    cfg = FinetuneConfig(pop_size=2, kl_weight=0.0)
+    state = finetune_init(m, sched, cfg, D)
+    nan_reward = lambda x: x.sum(-1) * float("nan")  # noqa: E731
+    with pytest.raises(ValueError, match=r"^reward_fn: returned non-finite values"):
+        finetune_step(state, m, sched, nan_reward, cfg)
+    with pytest.raises(ValueError, match=r"^model: returned non-finite values"):
+        finetune_init(NaNEps(), sched, cfg, D)
+    with pytest.raises(ValueError, match=r"^model: a noise model must return eps shaped"):
+        finetune_init(FirstColumn(), sched, cfg, D)
+    with sg.validation(False):  # no value scans: the NaN goes through (and is reported)
+        state2 = finetune_init(m, sched, cfg, D)
+        _, info = finetune_step(state2, m, sched, nan_reward, cfg)
+    assert info["reward"] != info["reward"]  # NaN
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.one_of(st.integers(-3, 0), st.floats(), st.booleans(), st.just(()),
+                       st.lists(st.integers(-2, 0), min_size=1, max_size=3).map(tuple),
+                       st.text(max_size=3)))
+def test_bad_shapes_are_value_errors_naming_shape(shape):
+    m, _ = tiny(torch.float32)
+    with pytest.raises(ValueError, match="^shape:"):
+        unrolled_init(m, FinetuneConfig(pop_size=2), shape)
+
+
+def test_a_failed_step_leaves_the_queue_as_it_was():
+    import copy
+
+    m1, _ = tiny(torch.float32)
+    m2 = copy.deepcopy(m1)
+    sched = make_sched(linear_alpha_bars(100), 3)
+    cfg = FinetuneConfig(pop_size=2, lr=1e-2, kl_weight=0.1)
+    s1, s2 = finetune_init(m1, sched, cfg, D), finetune_init(m2, sched, cfg, D)
+    with pytest.raises(ValueError, match="^reward_fn:"):
+        finetune_step(s1, m1, sched, lambda x: x, cfg)  # (N, D): refused after advancing
+    s1, i1 = finetune_step(s1, m1, sched, reward, cfg)
+    s2, i2 = finetune_step(s2, m2, sched, reward, cfg)
+    assert i1 == i2 and torch.equal(s1.paths, s2.paths) and torch.equal(s1.stage, s2.stage)
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(p1, p2)

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from samplegrad.implicit.langevin import (
     LangevinConfig,
@@ -98,7 +100,7 @@ def test_single_loop_kl_only_pulls_theta_to_reference():
     cfg = LangevinConfig(step_size=0.1, lr=0.2, kl_weight=1.0, n_particles=500, n_ref=500,
                          ref_burn_in=50)
     theta_ref = torch.tensor([-1.0, 2.0])
-    state = init(gauss_potential, torch.tensor([2.0, -1.0]), cfg, dim=2,
+    state = init(gauss_potential, torch.tensor([2.0, -1.0]), cfg, shape=2,
                  theta_ref=theta_ref, seed=0)
     d0 = float((state.theta.detach() - theta_ref).norm())
     zero = lambda x: torch.zeros(x.shape[0])  # noqa: E731  (no reward: KL only)
@@ -128,7 +130,7 @@ def _gauss_reward(x):  # E under N(theta, 1) = exp(-(theta - 2)^2 / 4) / sqrt(2)
 
 def test_fit_single_loop_improves_reward():
     cfg = LangevinConfig(step_size=0.2, lr=1.0, n_particles=500)
-    state, hist = fit(gauss_potential, _gauss_reward, torch.tensor([-1.0]), cfg, 200, dim=1,
+    state, hist = fit(gauss_potential, _gauss_reward, torch.tensor([-1.0]), cfg, 200, shape=1,
                       seed=0, log_every=10)
     assert len(hist["step"]) == 20 and hist["step"][-1] == 200 == state.step
     assert all(t1 >= t0 for t0, t1 in zip(hist["time"], hist["time"][1:]))
@@ -140,7 +142,7 @@ def test_fit_single_loop_improves_reward():
 def test_fit_hexagon_improves_exact_reward():
     theta0 = torch.tensor(HEXAGON_THETA_INIT)
     state, hist = fit(mixture_potential, hexagon_reward, theta0, LangevinConfig(n_particles=400),
-                      300, dim=2, seed=0, log_every=100)
+                      300, shape=2, seed=0, log_every=100)
     assert float(mixture_reward(state.theta.detach())) > float(mixture_reward(theta0)) + 0.02
 
 
@@ -206,7 +208,7 @@ def test_bad_input_raises_value_error():
     with pytest.raises(ValueError, match="x"):
         langevin_step(gauss_potential, torch.randn(10), theta, 0.1)
     with pytest.raises(ValueError, match="theta"):
-        langevin_step(gauss_potential, x, torch.zeros(1, 2), 0.1)
+        langevin_step(gauss_potential, x, torch.zeros(0), 0.1)  # empty
     with pytest.raises(ValueError, match="theta"):
         langevin_step(gauss_potential, x, torch.tensor([0.0, float("nan")]), 0.1)
     with pytest.raises(ValueError, match="potential"):  # non-finite values
@@ -225,12 +227,12 @@ def test_bad_input_raises_value_error():
     with pytest.raises(ValueError, match="kl_weight"):
         objective_gradient(gauss_potential, x, theta, torch.randn(10), -1.0, x)
     with pytest.raises(ValueError, match="x_ref"):
-        init(gauss_potential, theta, LangevinConfig(kl_weight=0.5), dim=2)
+        init(gauss_potential, theta, LangevinConfig(kl_weight=0.5), shape=2)
     with pytest.raises(ValueError, match="optimizer"):
-        init(gauss_potential, theta, LangevinConfig(optimizer="NoSuchOpt"), dim=2)
+        init(gauss_potential, theta, LangevinConfig(optimizer="NoSuchOpt"), shape=2)
     with pytest.raises(ValueError, match="theta_ref"):
-        init(gauss_potential, theta, LangevinConfig(), dim=2, theta_ref=torch.zeros(3))
-    state = init(gauss_potential, theta, LangevinConfig(n_particles=10), dim=2)
+        init(gauss_potential, theta, LangevinConfig(), shape=2, theta_ref=torch.zeros(3))
+    state = init(gauss_potential, theta, LangevinConfig(n_particles=10), shape=2)
     with pytest.raises(ValueError, match="reward"):
         step(state, gauss_potential, lambda x: torch.full((x.shape[0],), float("nan")))
 
@@ -246,3 +248,165 @@ def test_bench_runner_tiny_settings(tmp_path, capsys):
     assert len(data["table"]) == 4 and data["settings"]["n_inner"] == 3
     assert (tmp_path / "contours.png").exists()
     assert (tmp_path / "reward_curves.png").exists()
+
+
+# ----------------------------------------------------------------------------- any potential
+class GaussModule(torch.nn.Module):
+    """V(x) = ||x - mu||^2 / 2 over particles of any shape; mu is the module's parameter."""
+
+    def __init__(self, shape, frozen_scale=1.0):
+        super().__init__()
+        self.mu = torch.nn.Parameter(torch.zeros(shape, dtype=DT))
+        self.scale = torch.nn.Parameter(torch.tensor(frozen_scale, dtype=DT))
+
+    def forward(self, x):
+        return 0.5 * self.scale * (x - self.mu).pow(2).flatten(1).sum(-1)
+
+
+def test_module_potential_equals_the_function_potential_and_trains_in_place():
+    # the same problem as a function of a (2, 3) theta and as a module on (N, 2, 3) particles
+    def fn_pot(x, theta):
+        return 0.5 * (x - theta).pow(2).flatten(1).sum(-1)
+
+    def reward(x):
+        return -(x - 1.0).pow(2).flatten(1).sum(-1)
+
+    cfg = LangevinConfig(step_size=0.1, lr=0.05, n_particles=64)
+    module = GaussModule((2, 3))
+    a = init(fn_pot, torch.zeros(2, 3, dtype=DT), cfg, shape=(2, 3), seed=3)
+    b = init(module, None, cfg, shape=(2, 3), seed=3, params=[module.mu])
+    assert a.theta.shape == (2, 3) and b.theta.shape == (6,)  # a module's theta is flat
+    for _ in range(5):
+        a, ia = step(a, fn_pot, reward, cfg)
+        b, ib = step(b, module, reward, cfg)
+        assert ia == pytest.approx(ib, rel=1e-12)
+    torch.testing.assert_close(b.theta.detach().view(2, 3), a.theta.detach())
+    torch.testing.assert_close(module.mu.detach(), a.theta.detach())  # written back in place
+    assert float(module.scale.detach()) == 1.0  # not in params: untouched
+    assert float(module.mu.detach().mean()) > 0.0  # moved toward the reward's optimum at 1
+
+
+def test_module_potential_in_fit_and_baselines():
+    module = GaussModule((2,))
+    cfg = BaselineConfig(step_size=0.1, lr=0.05, n_particles=32, n_inner=3, kl_weight=0.1,
+                         n_ref=32)
+    theta_ref = torch.zeros(3, dtype=DT)  # mu (2,) and scale, flat
+    theta_ref[2] = 1.0
+    state, hist = fit(module, _gauss_reward, None, cfg, 4, shape=2, theta_ref=theta_ref)
+    assert len(hist["theta"]) == 4 and len(hist["theta"][0]) == 3
+    assert math.isfinite(hist["kl"][-1])
+    state, _ = unrolled_step(state, module, _gauss_reward, cfg)
+    state, _ = nested_step(state, module, _gauss_reward, cfg)
+    torch.testing.assert_close(module.mu.detach(), state.theta.detach()[:2])
+    with pytest.raises(ValueError, match="^potential: this state was not built"):
+        step(state, GaussModule((2,)), _gauss_reward, cfg)
+
+
+def test_image_shaped_particles_and_matrix_theta():
+    def pot(x, theta):  # x (N, 1, 4, 4), theta (4, 4)
+        return 0.5 * (x[:, 0] - theta).pow(2).sum((-1, -2))
+
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(4, 4, dtype=DT, generator=g)
+    x = theta + torch.randn(20_000, 1, 4, 4, dtype=DT, generator=g)
+    r = x[:, 0, 1, 2]  # E[R] = theta[1, 2]: gradient is the indicator of (1, 2)
+    grad = reward_gradient(pot, x, theta, r)
+    assert grad.shape == (4, 4)
+    expected = torch.zeros(4, 4, dtype=DT)
+    expected[1, 2] = 1.0
+    assert (grad - expected).abs().max() < 5 * math.sqrt(2 / 20_000) * 3
+    x1 = langevin_step(pot, x[:10], theta, 0.1, generator=g)
+    assert x1.shape == (10, 1, 4, 4)
+
+
+def test_issue_cases_name_the_argument():
+    cfg = LangevinConfig(n_particles=8)
+    # particle dimension vs theta dimension: named at init, not a raw broadcast error
+    with pytest.raises(ValueError, match=r"^potential: failed on particles x of shape \(2, 3\) "
+                                         r"with theta of shape \(2,\)"):
+        init(gauss_potential, torch.zeros(2), cfg, shape=3)
+    with pytest.raises(ValueError, match="^n_steps:"):
+        langevin_sample(gauss_potential, torch.zeros(4, 2), torch.zeros(2), 0.1, float("nan"))
+    with pytest.raises(ValueError, match="^n_steps:"):
+        fit(gauss_potential, _gauss_reward, torch.zeros(2), cfg, float("nan"), shape=2)
+    # lr=nan: refused at init (config or factory), not blamed on theta one step later
+    with pytest.raises(ValueError, match="^lr:"):
+        LangevinConfig(lr=float("nan"))
+    with pytest.raises(ValueError, match="^optimizer: the factory's optimizer has lr=nan"):
+        init(gauss_potential, torch.zeros(2), cfg, shape=2,
+             optimizer=lambda ps: torch.optim.SGD(ps, lr=float("nan")))
+    # an optimizer step that makes theta non-finite is blamed on the optimizer
+    state = init(gauss_potential, torch.zeros(2), cfg, shape=2,
+                 optimizer=lambda ps: torch.optim.SGD(ps, lr=1e30))
+    with pytest.raises(ValueError, match="^optimizer: its step made theta non-finite"):
+        for _ in range(3):
+            state, _ = step(state, gauss_potential, lambda x: 1e10 * x[:, 0], cfg)
+
+
+def test_bad_init_arguments():
+    cfg = LangevinConfig(n_particles=8)
+    mod = GaussModule((2,))
+    cases = [
+        (lambda: init(gauss_potential, None, cfg, shape=2), ValueError, "^theta0:"),
+        (lambda: init(gauss_potential, torch.zeros(2), cfg), ValueError, "^shape:"),
+        (lambda: init(gauss_potential, torch.zeros(2), cfg, shape=(2, 0)), ValueError, "^shape:"),
+        (lambda: init(gauss_potential, torch.zeros(2), cfg, shape=3, x0=torch.zeros(4, 2)),
+         ValueError, "^shape:"),
+        (lambda: init(gauss_potential, torch.zeros(2, dtype=torch.long), cfg, shape=2),
+         ValueError, "^theta0:"),
+        (lambda: init(gauss_potential, torch.zeros(2), cfg, x0=torch.zeros(4)), ValueError,
+         "^x0:"),
+        (lambda: init(gauss_potential, torch.zeros(2), cfg, shape=2,
+                      x_ref=torch.zeros(4, 3)), ValueError, "^x_ref:"),
+        (lambda: init(gauss_potential, torch.zeros(2), cfg, shape=2, seed=1.5), ValueError,
+         "^seed:"),
+        (lambda: init(gauss_potential, torch.zeros(2), {"lr": 1}, shape=2), TypeError,
+         "^config:"),
+        (lambda: init("V", torch.zeros(2), cfg, shape=2), TypeError, "^potential:"),
+        (lambda: init(mod, torch.zeros(2), cfg, shape=2), ValueError, "^theta0:"),
+        (lambda: init(gauss_potential, torch.zeros(2), cfg, shape=2, params=[]), ValueError,
+         "^params:"),
+        (lambda: init(mod, None, cfg, shape=2, params=[torch.nn.Parameter(torch.zeros(1))]),
+         ValueError, "^params:"),
+    ]
+    for call, err, match in cases:
+        with pytest.raises(err, match=match):
+            call()
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_steps=st.one_of(st.integers(max_value=-1), st.floats(), st.booleans(), st.text(),
+                         st.none()))
+def test_langevin_sample_rejects_every_bad_n_steps(n_steps):
+    with pytest.raises(ValueError, match="^n_steps:"):
+        langevin_sample(gauss_potential, torch.zeros(3, 2), torch.zeros(2), 0.1, n_steps)
+
+
+@settings(max_examples=30, deadline=None)
+@given(step_size=st.one_of(st.floats(max_value=0.0), st.just(float("nan")),
+                           st.just(float("inf")), st.booleans(), st.text(max_size=2)))
+def test_langevin_step_rejects_every_bad_step_size(step_size):
+    with pytest.raises(ValueError, match="^step_size:"):
+        langevin_step(gauss_potential, torch.zeros(3, 2), torch.zeros(2), step_size)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.lists(st.integers(1, 3), min_size=1, max_size=3).map(tuple),
+       n=st.integers(2, 5))
+def test_any_particle_shape_runs_and_keeps_its_shape(shape, n):
+    def pot(x, theta):
+        return 0.5 * (x - theta).pow(2).flatten(1).sum(-1)
+
+    cfg = LangevinConfig(step_size=0.1, lr=0.1, n_particles=n)
+    state = init(pot, torch.zeros(shape, dtype=DT), cfg, shape=shape)
+    state, info = step(state, pot, lambda x: x.flatten(1)[:, 0], cfg)
+    assert state.x.shape == (n, *shape) and state.theta.shape == shape
+    assert math.isfinite(info["reward"])
+
+
+def test_unrolled_baseline_with_a_flat_reward_takes_a_zero_step():
+    cfg = BaselineConfig(step_size=0.1, lr=0.5, n_particles=16, n_inner=3)
+    state = init(gauss_potential, torch.tensor([0.3, -0.2], dtype=DT), cfg, shape=2, seed=0)
+    new, info = unrolled_step(state, gauss_potential, lambda x: (x[:, 0] > 0).to(x.dtype), cfg)
+    assert info["grad_norm"] == 0.0
+    torch.testing.assert_close(new.theta.detach(), torch.tensor([0.3, -0.2], dtype=DT))

@@ -33,7 +33,7 @@ def _reward(x):
 
 def test_langevin_and_its_baselines():
     cfg = langevin_baselines.BaselineConfig(step_size=0.1, lr=0.1, n_particles=16, n_inner=2)
-    state = langevin.init(_gauss, torch.zeros(2), cfg, dim=2)
+    state = langevin.init(_gauss, torch.zeros(2), cfg, shape=2)
     assert isinstance(state.optimizer, torch.optim.SGD)
     state = _check(state, langevin.step(state, _gauss, _reward, cfg), ["reward", "grad_norm"])
     state = _check(state, langevin_baselines.unrolled_step(state, _gauss, _reward, cfg),
@@ -48,12 +48,12 @@ def test_finetune_queue_and_unrolled_baseline():
     model = EpsMLP(dim=3, hidden=8, n_blocks=1, temb_dim=4)
     sched = sampling_schedule(linear_alpha_bars(50), n_steps=3)
     cfg = finetune.FinetuneConfig(pop_size=4, lr=1e-3, kl_weight=0.1)
-    state = finetune.finetune_init(model, sched, cfg, dim=3)
+    state = finetune.finetune_init(model, sched, cfg, shape=3)
     assert isinstance(state.optimizer, torch.optim.Adam)
     state = _check(state, finetune.finetune_step(state, model, sched, _reward, cfg),
                    ["reward", "kl", "grad_norm", "finished_slot"])
-    ustate = finetune.unrolled_init(model, cfg)
-    _check(ustate, finetune.unrolled_step(ustate, model, sched, _reward, cfg, dim=3),
+    ustate = finetune.unrolled_init(model, cfg, shape=3)
+    _check(ustate, finetune.unrolled_step(ustate, model, sched, _reward, cfg),
            ["reward", "kl", "grad_norm"])
 
 

@@ -97,5 +97,5 @@ def test_bad_basis_arguments():
         HermiteBasis.sparse(3, 0)
     with pytest.raises(ValueError, match="max_active"):
         HermiteBasis.sparse(3, 2, 0)
-    with pytest.raises(ValueError, match="x must have shape"):
+    with pytest.raises(ValueError, match="x: must have shape"):
         HermiteBasis.sparse(3, 2).values(torch.zeros(4, 2))

@@ -109,7 +109,7 @@ def test_bad_input_raises_value_errors():
         fit(x, degree=0)
     with pytest.raises(ValueError, match="method"):
         fit(x, method="sgd")
-    with pytest.raises(ValueError, match="data must have shape"):
+    with pytest.raises(ValueError, match="data: must have shape"):
         fit(x[:, 0])
 
 

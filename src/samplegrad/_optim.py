@@ -4,6 +4,7 @@ to an ``init`` function, which then takes precedence over the config's name and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -47,6 +48,11 @@ def make_optimizer(params: Iterable[Tensor], name: str, lr: float,
         if not isinstance(opt, torch.optim.Optimizer):
             raise ValueError(f"optimizer: the factory must return a torch.optim.Optimizer, got "
                              f"{type(opt).__name__}")
+        for i, group in enumerate(opt.param_groups):  # torch accepts lr=nan silently
+            lr = group.get("lr")
+            if isinstance(lr, float) and not (math.isfinite(lr) and lr >= 0):
+                raise ValueError(f"optimizer: the factory's optimizer has lr={lr!r} in param "
+                                 f"group {i}; it must be a finite number >= 0")
         return opt
     cls = getattr(torch.optim, check_optimizer_name(name))
     return cls(params, lr=check_lr(lr), **options)

@@ -49,7 +49,7 @@ BENCHES: dict[str, tuple[str, str]] = {
 # other commands: name -> (module, one-line description). Same contract as a bench.
 TOOLS: dict[str, tuple[str, str]] = {
     "demo": ("samplegrad_bench.runners.demo",
-             "a small gradient-estimator showdown on problems defined in code (minutes)"),
+             "a tour of the three systems on embedded data: tables and one figure (~30 s)"),
     "train-ddpm": ("samplegrad_bench.runners.train_ddpm",
                    "train the small DDPM on 8x8 digits (the weights `bench finetune` loads)"),
     "train-mdm": ("samplegrad_bench.runners.train_mdm",
@@ -146,6 +146,14 @@ def output_dir(args: argparse.Namespace) -> Path:
     return paths.output_dir(name, args.out, args.publish, PUBLISH_AS.get(name, name))
 
 
+def _fresh_command(argv: list[str]) -> str:
+    """The command line of ``argv`` with ``--fresh`` (the way to start a damaged run over)."""
+    import shlex
+
+    words = [a for a in argv if a != "--fresh"]
+    return shlex.join(["samplegrad", *words, "--fresh"])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     words = [a for a in argv if not a.startswith("-")]
@@ -176,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         usage_error(str(e))
     import torch
 
+    from samplegrad.checkpoint import CheckpointError
+
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -190,6 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         usage_error(str(e))
     except MissingInputError as e:
         print(f"{label}: {e}", file=sys.stderr)
+        return 1
+    except CheckpointError as e:  # damaged checkpoints with no good previous one
+        advice = (f"recreate them with {e.hint}" if e.hint else
+                  f"start over with `{_fresh_command(argv)}`" if hasattr(args, "fresh") else
+                  "delete these files to start over")
+        print(f"{label}: {e.detail}; {advice}", file=sys.stderr)
         return 1
     print(f"[{label}] done in {time.perf_counter() - start:.1f}s; outputs in {args.out}/",
           file=sys.stderr)

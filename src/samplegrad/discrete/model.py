@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from samplegrad._config import check_int
+from samplegrad._validation import validation_enabled
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ class MDMConfig:
 def check_tokens(x: Tensor, vocab_size: int, seq_len: int | None = None, *,
                  allow_mask: bool = True, name: str = "x") -> Tensor:
     """Validate an integer token tensor ``(..., L)`` with ids in ``0..vocab_size`` (the last
-    one is [MASK], allowed only if ``allow_mask``); returns it as int64."""
+    one is [MASK], allowed only if ``allow_mask``); returns it as int64. The id range is
+    scanned only when value checks are on (:func:`samplegrad.validation_enabled`)."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
     if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
@@ -53,7 +55,7 @@ def check_tokens(x: Tensor, vocab_size: int, seq_len: int | None = None, *,
     if seq_len is not None and x.shape[-1] != seq_len:
         raise ValueError(f"{name} must be shaped (..., {seq_len}); got {tuple(x.shape)}")
     top = vocab_size if allow_mask else vocab_size - 1
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) > top):
+    if validation_enabled() and x.numel() and (int(x.min()) < 0 or int(x.max()) > top):
         what = f"0..{vocab_size - 1} or the mask id {vocab_size}" if allow_mask \
             else f"0..{vocab_size - 1}"
         raise ValueError(f"{name} has token ids outside {what} "
@@ -62,19 +64,25 @@ def check_tokens(x: Tensor, vocab_size: int, seq_len: int | None = None, *,
 
 
 class Denoiser(nn.Module):
-    """Pre-norm transformer encoder: tokens ``(B, L)`` -> logits ``(B, L, vocab_size)``."""
+    """Pre-norm transformer encoder: tokens ``(B, L)`` -> logits ``(B, L, vocab_size)``.
 
-    def __init__(self, config: MDMConfig) -> None:
+    Built on ``device`` (default: torch's default device), like torch's own layers.
+    """
+
+    def __init__(self, config: MDMConfig, *, device: torch.device | str | None = None) -> None:
         super().__init__()
+        if not isinstance(config, MDMConfig):
+            raise TypeError(f"config: must be an MDMConfig, got {type(config).__name__}")
         self.config = config
         c = config
-        self.tok = nn.Embedding(c.vocab_size + 1, c.width)
-        self.pos = nn.Parameter(torch.randn(c.seq_len, c.width) * 0.02)
+        self.tok = nn.Embedding(c.vocab_size + 1, c.width, device=device)
+        self.pos = nn.Parameter(torch.randn(c.seq_len, c.width, device=device) * 0.02)
         layer = nn.TransformerEncoderLayer(c.width, c.heads, c.mlp_ratio * c.width, dropout=0.0,
-                                           activation="gelu", batch_first=True, norm_first=True)
+                                           activation="gelu", batch_first=True, norm_first=True,
+                                           device=device)
         self.blocks = nn.TransformerEncoder(layer, c.depth, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(c.width)
-        self.head = nn.Linear(c.width, c.vocab_size)
+        self.norm = nn.LayerNorm(c.width, device=device)
+        self.head = nn.Linear(c.width, c.vocab_size, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
         x = check_tokens(x, self.config.vocab_size, self.config.seq_len)

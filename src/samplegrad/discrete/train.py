@@ -11,6 +11,7 @@ checkpoints (model, optimizer, step, RNG, loss history) that resume exactly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from samplegrad._config import check_choice, check_int, check_real
 from samplegrad._optim import OptimizerFactory, check_lr, check_optimizer_name, make_optimizer
-from samplegrad.checkpoint import save_checkpoint
+from samplegrad.checkpoint import load_checkpoint, save_checkpoint
 from samplegrad.discrete.loss import WEIGHTINGS, masked_diffusion_loss
 from samplegrad.discrete.model import Denoiser, MDMConfig
 
@@ -68,7 +69,7 @@ def _lr_at(step: int, cfg: MDMTrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     frac = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(frac * torch.pi)).item()))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(frac * math.pi)))
 
 
 def _optimizer(model: Denoiser, cfg: MDMTrainConfig,
@@ -124,21 +125,31 @@ def train_step(state: MDMTrainState, data: Tensor,
 
 
 def save_train_state(path: str | Path, state: MDMTrainState, cfg: MDMTrainConfig,
-                     extra: dict | None = None) -> Path:
-    """Atomically write ``state`` (and both configs, and ``extra``) to ``path``."""
+                     extra: dict | None = None, *, keep_previous: bool = True) -> Path:
+    """Atomically write ``state`` (and both configs, and ``extra``) to ``path``; the file it
+    replaces is kept as ``PATH.prev`` unless ``keep_previous=False`` (see
+    :func:`samplegrad.checkpoint.save_checkpoint`)."""
     blob = {"model_config": asdict(state.model.config), "train_config": asdict(cfg),
             "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
             "generator": state.generator.get_state(),
             "generator_device": state.generator.device.type, "step": state.step,
             "losses": state.losses, "extra": extra or {}}
-    return save_checkpoint(path, blob)
+    return save_checkpoint(path, blob, keep_previous=keep_previous)
+
+
+def _check_blob(blob: dict) -> None:
+    for key in ("model_config", "train_config", "model", "optimizer", "generator", "step",
+                "losses"):
+        blob[key]
 
 
 def _load_blob(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
+    """The checked payload; a damaged file falls back to ``PATH.prev`` with a warning, else
+    raises ``CheckpointError`` (see :func:`samplegrad.checkpoint.load_checkpoint`)."""
+    blob = load_checkpoint(path, check=_check_blob)
+    if blob is None:
         raise FileNotFoundError(f"path: no masked-diffusion checkpoint at {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return blob
 
 
 def _model_from(blob: dict, map_location: torch.device | str | None) -> Denoiser:

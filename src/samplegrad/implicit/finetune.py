@@ -23,26 +23,30 @@ function of ``theta`` along the path, and its gradient is what both estimators c
 * Baseline (``unrolled_init`` / ``unrolled_step``): fresh noise, the full T-step sampler
   with autograd, backward through the unrolled graph.
 
-The user's noise model ``model(x (N, d), t (N,) long) -> eps (N, d)`` (any ``nn.Module``) is
-trained IN PLACE by a ``torch.optim`` optimizer (``FinetuneConfig.optimizer`` + ``lr``, or an
-``optimizer=`` factory given to the ``*_init`` function). The state keeps a frozen, detached
-copy of the model's initial parameters as the KL reference (evaluated through
-``torch.func.functional_call``). Usage::
+The user's noise model ``eps = model(x, t)`` (any ``nn.Module``; ``x`` ``(N, *shape)`` of
+any event shape, e.g. ``(N, d)`` vectors or ``(N, C, H, W)`` images; ``t`` ``(N,)`` long;
+``eps`` shaped like ``x``) is trained IN PLACE by a ``torch.optim`` optimizer
+(``FinetuneConfig.optimizer`` + ``lr``, or an ``optimizer=`` factory given to the ``*_init``
+function). The trainable parameters are the model's own with ``requires_grad`` or the subset
+passed as ``params=`` (the rest stay frozen). The state keeps a frozen, detached copy of the
+trainable parameters' initial values as the KL reference (evaluated through
+``torch.func.functional_call``; frozen parameters are shared). Usage::
 
     sched = sampling_schedule(linear_alpha_bars(1000), n_steps=20)
     cfg = FinetuneConfig(pop_size=16, lr=1e-4, kl_weight=0.1)
-    state = finetune_init(model, sched, cfg, dim=64)
+    state = finetune_init(model, sched, cfg, shape=(1, 28, 28))
     for _ in range(100):
         state, info = finetune_step(state, model, sched, reward_fn, cfg)
 
 The lower-level functions (``adjoint_grad``, ``path_kl``, ``unrolled_loss``) take parameter
-dicts ``{name: tensor}`` used through ``functional_call`` on ``model``.
+dicts ``{name: tensor}`` used through ``functional_call`` on ``model``. Paths, noise and the
+generator live on the device and in the dtype of the trainable parameters.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -50,12 +54,15 @@ from torch import Tensor, nn
 
 from samplegrad._config import check_int, check_real
 from samplegrad._optim import OptimizerFactory, check_lr, check_optimizer_name, make_optimizer
+from samplegrad._validation import validation_enabled
+from samplegrad.diffusion._checks import check_finite, event_shape, is_oom, shape_str
 from samplegrad.diffusion.ddpm import draw_noise, step_mean
 from samplegrad.diffusion.schedules import SamplerSchedule
 
 Params = dict[str, Tensor]
 RewardFn = Callable[[Tensor], Tensor]
-"""``R(x_0 (N, d)) -> (N,)``, differentiable in ``x_0`` (its gradient starts the adjoint)."""
+"""``R(x_0 (N, *shape)) -> (N,)``, differentiable in ``x_0`` (its gradient starts the
+adjoint)."""
 
 __all__ = [
     "FinetuneConfig", "FinetuneState", "UnrolledState", "adjoint_grad", "adjoint_step",
@@ -82,27 +89,71 @@ class FinetuneConfig:
         check_int(self.seed, "seed")
 
 
+# ---------------------------------------------------------------- argument checks
+def _check_model(model: nn.Module) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _check_sched(sched: SamplerSchedule) -> SamplerSchedule:
+    if not isinstance(sched, SamplerSchedule):
+        raise TypeError(f"sched: must be a SamplerSchedule (see sampling_schedule), got "
+                        f"{type(sched).__name__}")
+    if sched.n_steps < 1:
+        raise ValueError(f"sched: the schedule must have T >= 1 steps, got {sched.n_steps}")
+    return sched
+
+
+def _check_cfg(cfg: FinetuneConfig) -> FinetuneConfig:
+    if not isinstance(cfg, FinetuneConfig):
+        raise TypeError(f"cfg: must be a FinetuneConfig, got {type(cfg).__name__}")
+    return cfg
+
+
+def _check_reward_fn(reward_fn: RewardFn) -> RewardFn:
+    if not callable(reward_fn):
+        raise TypeError(f"reward_fn: must be callable (x_0 (N, *shape) -> (N,)), got "
+                        f"{type(reward_fn).__name__}")
+    return reward_fn
+
+
 # ---------------------------------------------------------------- model helpers
 def _eps_fn(model: nn.Module, params: Params) -> Callable[[Tensor, Tensor], Tensor]:
     return lambda x, t: torch.func.functional_call(model, params, (x, t))
 
 
-def _check_model(model: nn.Module) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model: must be a torch.nn.Module, got {type(model).__name__}")
-    return model
+def _trainable(model: nn.Module, params: Iterable[Tensor] | None) -> Params:
+    """The parameters to train, by name in model order: ``params`` (a subset of the model's
+    parameters, identified by identity) or every parameter with ``requires_grad``."""
+    named = list(_check_model(model).named_parameters())
+    if params is None:
+        out = {k: p for k, p in named if p.requires_grad}
+        if not out:
+            raise ValueError("model: has no parameters with requires_grad=True")
+        return out
+    if isinstance(params, Tensor):
+        params = [params]
+    try:
+        chosen = list(params)
+    except TypeError as e:
+        raise TypeError(f"params: must be an iterable of the model's parameters, got "
+                        f"{type(params).__name__}") from e
+    ids = {id(p) for p in chosen}
+    out = {k: p for k, p in named if id(p) in ids}
+    if len(out) != len(ids) or not all(isinstance(p, Tensor) for p in chosen):
+        raise ValueError("params: every entry must be a parameter of model (e.g. "
+                         "model.out.parameters())")
+    if not out:
+        raise ValueError("params: is empty; there is nothing to train")
+    if not all(p.requires_grad for p in out.values()):
+        raise ValueError("params: every parameter to train needs requires_grad=True")
+    return out
 
 
-def _frozen_copy(model: nn.Module) -> Params:
-    """Detached copies of all of ``model``'s parameters (the KL reference)."""
-    return {k: p.detach().clone() for k, p in _check_model(model).named_parameters()}
-
-
-def _trainable(model: nn.Module) -> Params:
-    params = {k: p for k, p in _check_model(model).named_parameters() if p.requires_grad}
-    if not params:
-        raise ValueError("model: has no parameters with requires_grad=True")
-    return params
+def _frozen_copy(params: Params) -> Params:
+    """Detached copies of the trainable parameters (the KL reference)."""
+    return {k: p.detach().clone() for k, p in params.items()}
 
 
 def _optimized(model: nn.Module, optimizer: torch.optim.Optimizer) -> Params:
@@ -115,6 +166,14 @@ def _optimized(model: nn.Module, optimizer: torch.optim.Optimizer) -> Params:
     return params
 
 
+def _build_optimizer(params: Params, cfg: FinetuneConfig,
+                     optimizer: OptimizerFactory | None) -> torch.optim.Optimizer:
+    if optimizer is not None and not callable(optimizer):
+        raise TypeError(f"optimizer: must be a factory params -> torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
+    return make_optimizer(params.values(), cfg.optimizer, cfg.lr, optimizer)
+
+
 def _apply(optimizer: torch.optim.Optimizer, params: Params, grads: Params) -> float:
     """One optimizer step with the given loss gradients; returns their global norm."""
     optimizer.zero_grad(set_to_none=True)
@@ -124,6 +183,11 @@ def _apply(optimizer: torch.optim.Optimizer, params: Params, grads: Params) -> f
                                                  for g in grads.values()]))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    dev = next(iter(params.values())).device  # one host sync for all parameters
+    if validation_enabled() and not bool(torch.stack([torch.isfinite(p).all().to(dev)
+                                                      for p in params.values()]).all()):
+        raise ValueError("optimizer: its step made the model's parameters non-finite (NaN or "
+                         "inf); lower the learning rate or check the optimizer's settings")
     return float(norm)
 
 
@@ -131,36 +195,67 @@ def _schedule_on(sched: SamplerSchedule, device: torch.device) -> SamplerSchedul
     return sched if sched.timesteps.device == device else sched.to(device=device)
 
 
-def _check_path(path: Tensor, sched: SamplerSchedule) -> None:
-    if not isinstance(path, Tensor) or path.dim() != 3 or path.shape[0] != sched.n_steps + 1:
-        shape = tuple(path.shape) if isinstance(path, Tensor) else type(path).__name__
-        raise ValueError(f"path must be shaped (T + 1, N, d) with T = {sched.n_steps}, "
-                         f"got {shape}")
+def _probe(model: nn.Module, shape: tuple[int, ...], sched: SamplerSchedule | None,
+           dtype: torch.dtype, device: torch.device) -> None:
+    """One tiny no-grad call of the model on zeros of the event ``shape``: a model that
+    takes another shape fails here, with the argument named, not deep inside a step."""
+    x = torch.zeros(2, *shape, dtype=dtype, device=device)
+    t = (torch.zeros(2, dtype=torch.long, device=device) if sched is None
+         else sched.timesteps[:1].to(device).expand(2))
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # no side effects (batch-norm statistics, dropout rng) from the probe
+    try:
+        with torch.no_grad():
+            eps = model(x, t)
+    except TypeError as e:
+        raise TypeError(f"model: calling model(x, t) failed (a noise model takes samples x "
+                        f"(N, *shape) and long timesteps t (N,)): {e}") from e
+    except (RuntimeError, ValueError, IndexError) as e:
+        if is_oom(e):
+            raise
+        reason = str(e).rstrip(".")
+        raise ValueError(f"shape: the model failed on samples of event shape {shape} (x of "
+                         f"shape {tuple(x.shape)}, t {tuple(t.shape)} long): "
+                         f"{type(e).__name__}: {reason}. Give the shape of one sample your "
+                         "model takes, e.g. shape=(1, 28, 28) for (N, 1, 28, 28) images") from e
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    if not isinstance(eps, Tensor) or eps.shape != x.shape:
+        raise ValueError(f"model: a noise model must return eps shaped like its input x "
+                         f"{tuple(x.shape)}, got {shape_str(eps)}")
+
+
+def _check_path(path: Tensor, sched: SamplerSchedule, name: str = "path") -> None:
+    if not isinstance(path, Tensor) or path.dim() < 3 or path.shape[0] != sched.n_steps + 1:
+        raise ValueError(f"{name}: must be shaped (T + 1, N, *shape) with T = "
+                         f"{sched.n_steps}, got {shape_str(path)}")
 
 
 def _reward(reward_fn: RewardFn, x0: Tensor) -> Tensor:
     r = reward_fn(x0)
     if not isinstance(r, Tensor) or r.shape != x0.shape[:1]:
-        shape = tuple(r.shape) if isinstance(r, Tensor) else type(r).__name__
-        raise ValueError(f"reward_fn must map (N, d) to (N,), got {shape} for N = "
-                         f"{x0.shape[0]}")
-    if not torch.isfinite(r).all():
-        raise ValueError("reward_fn returned non-finite values")
+        raise ValueError(f"reward_fn: must map x_0 {tuple(x0.shape)} to one value per sample "
+                         f"({x0.shape[0]},), got {shape_str(r)}")
+    if x0.requires_grad and not r.requires_grad:
+        raise ValueError("reward_fn: its output does not depend differentiably on x_0 (the "
+                         "gradients need grad R(x_0); do not detach or use no_grad inside)")
+    check_finite(r, "reward_fn", "returned non-finite values (NaN or inf)")
     return r
 
 
 def _step_kl(mu: Tensor, mu_ref: Tensor, sigma: Tensor) -> Tensor:
-    """``||mu - mu_ref||^2 / (2 sigma^2)`` per row: ``(N, d) -> (N,)``."""
-    return (mu - mu_ref).pow(2).sum(-1) / (2.0 * sigma.to(mu) ** 2)
+    """``||mu - mu_ref||^2 / (2 sigma^2)`` per row: ``(N, *shape) -> (N,)``."""
+    return (mu - mu_ref).pow(2).flatten(1).sum(-1) / (2.0 * sigma.to(mu) ** 2)
 
 
 def path_kl(model: nn.Module, params: Params, ref_params: Params, path: Tensor,
             sched: SamplerSchedule) -> Tensor:
-    """Per-sample path KL integrand ``sum_j k_j`` along ``path`` ``(T+1, N, d)``: ``(N,)``.
+    """Per-sample path KL integrand ``sum_j k_j`` along ``path`` ``(T+1, N, *shape)``: ``(N,)``.
 
     Its mean over paths drawn with ``params`` estimates ``KL(path_theta || path_ref)``.
     """
-    _check_path(path, sched)
+    _check_path(path, _check_sched(sched))
     sched = _schedule_on(sched, path.device)
     f, f_ref = _eps_fn(model, params), _eps_fn(model, ref_params)
     total = path.new_zeros(path.shape[1])
@@ -175,7 +270,7 @@ def path_kl(model: nn.Module, params: Params, ref_params: Params, path: Tensor,
 def adjoint_step(model: nn.Module, params: Params, ref_params: Params | None, x: Tensor,
                  j: int, a: Tensor, sched: SamplerSchedule,
                  kl_scale: float) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
-    """One backward step of the adjoint at state ``x = x_{j+1}`` ``(N, d)``.
+    """One backward step of the adjoint at state ``x = x_{j+1}`` ``(N, *shape)``.
 
     With ``s = <a, mu_theta(x, j)> - kl_scale * sum_n k_j`` returns ``(ds/dx, ds/dtheta,
     k_j (N,))``; ``ds/dtheta`` follows the order of ``params.values()``.
@@ -192,8 +287,9 @@ def adjoint_step(model: nn.Module, params: Params, ref_params: Params | None, x:
         else:
             k = x.new_zeros(x.shape[0])
         grads = torch.autograd.grad(s, [x, *plist], allow_unused=True)
+    gx = torch.zeros_like(x) if grads[0] is None else grads[0]
     gp = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(plist, grads[1:]))
-    return grads[0], gp, k.detach()
+    return gx, gp, k.detach()
 
 
 def adjoint_grad(model: nn.Module, params: Params, ref_params: Params | None, path: Tensor,
@@ -201,15 +297,16 @@ def adjoint_grad(model: nn.Module, params: Params, ref_params: Params | None, pa
                  kl_weight: float = 0.0) -> tuple[Params, dict[str, float]]:
     """Gradient of ``loss = -mean_n [R(x_0) - kl_weight * sum_j k_j]`` along ``path``.
 
-    ``path`` ``(T+1, N, d)`` with ``path[j] = x_j`` (noise held fixed: only the states are
-    needed). Every step is recomputed with ``params``. Returns ``(grads, info)`` with
+    ``path`` ``(T+1, N, *shape)`` with ``path[j] = x_j`` (noise held fixed: only the states
+    are needed). Every step is recomputed with ``params``. Returns ``(grads, info)`` with
     ``info = {"reward": mean R(x_0), "kl": mean sum_j k_j}``.
     """
-    _check_path(path, sched)
-    if kl_weight < 0:
-        raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
+    _check_path(path, _check_sched(sched))
+    _check_reward_fn(reward_fn)
+    check_real(kl_weight, "kl_weight", ge=0)
     if kl_weight > 0 and ref_params is None:
-        raise ValueError("ref_params is required when kl_weight > 0")
+        raise ValueError("ref_params: is required when kl_weight > 0")
+    check_finite(path, "path")
     sched = _schedule_on(sched, path.device)
     n = path.shape[1]
     x0 = path[0].detach().requires_grad_(True)
@@ -236,61 +333,71 @@ class FinetuneState:
     The model's own parameters are the ones being trained (not held here)."""
 
     optimizer: torch.optim.Optimizer  # updates the model's parameters in place
-    ref_params: Params  # frozen copy of the model's initial parameters (the KL reference)
-    paths: Tensor  # (T, T + 1, N, d)
+    ref_params: Params  # frozen copy of the trainable parameters' initial values
+    paths: Tensor  # (T, T + 1, N, *shape)
     stage: Tensor  # (T,) long
     generator: torch.Generator  # the sampler noise, on the model's device
     iteration: int = 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The event shape of one sample."""
+        return tuple(self.paths.shape[3:])
 
 
 def advance(model: nn.Module, paths: Tensor, stage: Tensor, slots: Tensor,
             sched: SamplerSchedule, generator: torch.Generator) -> None:
     """Advance populations ``slots`` by one sampler step each, in ONE call of ``model``.
 
-    Writes the new states into ``paths`` ``(T, T + 1, N, d)`` and increments ``stage``
+    Writes the new states into ``paths`` ``(T, T + 1, N, *shape)`` and increments ``stage``
     ``(T,)`` in place.
     """
     t_total = sched.n_steps
     if slots.numel() == 0:
         return
-    if bool((stage[slots] >= t_total).any()):
-        raise ValueError("cannot advance a finished population")
+    if validation_enabled() and bool((stage[slots] >= t_total).any()):
+        raise ValueError("slots: cannot advance a finished population")
     sched = _schedule_on(sched, paths.device)
-    n, d = paths.shape[2], paths.shape[3]
+    n, shape = paths.shape[2], paths.shape[3:]
     j = t_total - stage[slots] - 1  # step index of each population
-    cur = paths[slots, j + 1]  # (S, N, d)
+    cur = paths[slots, j + 1]  # (S, N, *shape)
     noise = torch.randn(cur.shape, generator=generator, dtype=paths.dtype, device=paths.device)
     rows = j.repeat_interleave(n)
     with torch.no_grad():
-        mu = step_mean(model, cur.reshape(-1, d), rows, sched)
-        x = mu.reshape(cur.shape) + sched.sigma.to(paths.dtype)[j][:, None, None] * noise
+        mu = step_mean(model, cur.reshape(-1, *shape), rows, sched)
+        sigma = sched.sigma.to(paths.dtype)[j].reshape(-1, *([1] * (cur.dim() - 1)))
+        x = mu.reshape(cur.shape) + sigma * noise
     paths[slots, j] = x
     stage[slots] += 1
 
 
 def finetune_init(model: nn.Module, sched: SamplerSchedule, cfg: FinetuneConfig,
-                  dim: int = 64, optimizer: OptimizerFactory | None = None) -> FinetuneState:
+                  shape: int | tuple[int, ...], *, params: Iterable[Tensor] | None = None,
+                  optimizer: OptimizerFactory | None = None) -> FinetuneState:
     """Fill the queue with the model as it is: population ``p`` has done ``p`` steps.
 
-    Builds the optimizer over the model's trainable parameters (``optimizer(params)`` when
-    that factory is given, else ``torch.optim.<cfg.optimizer>(params, lr=cfg.lr)``) and a
-    frozen copy of all its parameters (the KL reference). ``dim``: the sample dimension
-    ``d``. Costs ``T - 1`` batched network calls (the warm-up); afterwards every
-    :func:`finetune_step` emits one finished population. Paths and noise live on the
-    device and in the dtype of the model's first trainable parameter.
+    ``shape``: the event shape of one sample (``d`` or ``(d,)`` for vectors, ``(C, H, W)`` for
+    images): the model is called on ``x`` ``(N, *shape)``. Trains ``params`` (a subset of the
+    model's parameters; default: all with ``requires_grad``), with ``optimizer(params)`` when
+    that factory is given, else ``torch.optim.<cfg.optimizer>(params, lr=cfg.lr)``; keeps a
+    frozen copy of them as the KL reference. Costs ``T - 1`` batched network calls (the
+    warm-up); afterwards every :func:`finetune_step` emits one finished population. Paths and
+    noise live on the device and in the dtype of the first trainable parameter.
     """
+    _check_sched(sched)
+    _check_cfg(cfg)
+    shape = event_shape(shape)
     t_total = sched.n_steps
-    if t_total < 1:
-        raise ValueError(f"sched: the schedule must have T >= 1 steps, got {t_total}")
-    check_int(dim, "dim", 1)
-    ref = _frozen_copy(model)
-    params = _trainable(model)
-    opt = make_optimizer(params.values(), cfg.optimizer, cfg.lr, optimizer)
-    p0 = next(iter(params.values()))
+    trainable = _trainable(model, params)
+    ref = _frozen_copy(trainable)
+    opt = _build_optimizer(trainable, cfg, optimizer)
+    p0 = next(iter(trainable.values()))
     dtype, device = p0.dtype, p0.device
+    sched = _schedule_on(sched, device)
+    _probe(model, shape, sched, dtype, device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    paths = torch.zeros(t_total, t_total + 1, cfg.pop_size, dim, dtype=dtype, device=device)
-    paths[:, t_total] = torch.randn(t_total, cfg.pop_size, dim, generator=gen, dtype=dtype,
+    paths = torch.zeros(t_total, t_total + 1, cfg.pop_size, *shape, dtype=dtype, device=device)
+    paths[:, t_total] = torch.randn(t_total, cfg.pop_size, *shape, generator=gen, dtype=dtype,
                                     device=device)
     stage = torch.zeros(t_total, dtype=torch.long, device=device)
     slots = torch.arange(t_total, device=device)
@@ -309,20 +416,33 @@ def finetune_step(state: FinetuneState, model: nn.Module, sched: SamplerSchedule
     ``reward`` (mean R of the finished population), ``kl`` (its mean path KL to the
     reference), ``grad_norm`` and ``finished_slot``.
     """
+    if not isinstance(state, FinetuneState):
+        raise TypeError(f"state: must be a FinetuneState from finetune_init, got "
+                        f"{type(state).__name__}")
+    _check_sched(sched)
+    _check_cfg(cfg)
+    _check_reward_fn(reward_fn)
     t_total = sched.n_steps
     if state.paths.shape[:2] != (t_total, t_total + 1):
         raise ValueError(f"sched: state was built for T = {state.paths.shape[0]}, schedule "
                          f"has T = {t_total}")
-    sched = _schedule_on(sched, state.paths.device)
-    advance(model, state.paths, state.stage, torch.arange(t_total, device=state.stage.device),
-            sched, state.generator)
-    done = (state.stage == t_total).nonzero().flatten()
-    if done.numel() != 1:
-        raise ValueError(f"state: corrupt queue, {done.numel()} populations finished at once")
-    p = int(done[0])
     params = _optimized(model, state.optimizer)
-    grads, info = adjoint_grad(model, params, state.ref_params, state.paths[p], sched,
-                               reward_fn, cfg.kl_weight)
+    sched = _schedule_on(sched, state.paths.device)
+    stage0, rng0 = state.stage.clone(), state.generator.get_state()
+    try:
+        advance(model, state.paths, state.stage,
+                torch.arange(t_total, device=state.stage.device), sched, state.generator)
+        done = (state.stage == t_total).nonzero().flatten()
+        if done.numel() != 1:
+            raise ValueError(f"state: corrupt queue, {done.numel()} populations finished at "
+                             "once")
+        p = int(done[0])
+        grads, info = adjoint_grad(model, params, state.ref_params, state.paths[p], sched,
+                                   reward_fn, cfg.kl_weight)
+    except BaseException:  # e.g. a bad reward: the queue is left as it was (retry possible)
+        state.stage.copy_(stage0)
+        state.generator.set_state(rng0)
+        raise
     info["grad_norm"] = _apply(state.optimizer, params, grads)
     state.paths[p, t_total] = torch.randn(state.paths.shape[2:], generator=state.generator,
                                           dtype=state.paths.dtype, device=state.paths.device)
@@ -334,23 +454,26 @@ def finetune_step(state: FinetuneState, model: nn.Module, sched: SamplerSchedule
 # ---------------------------------------------------------------- unrolled baseline
 @dataclass
 class UnrolledState:
-    """State of the unrolled baseline: the optimizer (over the model's parameters), the
-    frozen KL reference and the noise rng."""
+    """State of the unrolled baseline: the optimizer (over the model's trainable
+    parameters), their frozen KL reference, the noise rng and the event shape."""
 
     optimizer: torch.optim.Optimizer
     ref_params: Params
     generator: torch.Generator
+    shape: tuple[int, ...]
     iteration: int = 0
 
 
 def unrolled_loss(model: nn.Module, params: Params, ref_params: Params | None, noise: Tensor,
                   sched: SamplerSchedule, reward_fn: RewardFn,
                   kl_weight: float = 0.0) -> tuple[Tensor, dict[str, float]]:
-    """The same loss as ``adjoint_grad``, on a fresh path from ``noise`` ``(T+1, N, d)``,
+    """The same loss as ``adjoint_grad``, on a fresh path from ``noise`` ``(T+1, N, *shape)``,
     with autograd through the whole unrolled sampler (the graph of all T steps is kept)."""
-    if noise.dim() != 3 or noise.shape[0] != sched.n_steps + 1:
-        raise ValueError(f"noise must be shaped (T + 1, N, d) with T = {sched.n_steps}, "
-                         f"got {tuple(noise.shape)}")
+    _check_path(noise, _check_sched(sched), "noise")
+    _check_reward_fn(reward_fn)
+    check_real(kl_weight, "kl_weight", ge=0)
+    if kl_weight > 0 and ref_params is None:
+        raise ValueError("ref_params: is required when kl_weight > 0")
     sched = _schedule_on(sched, noise.device)
     f = _eps_fn(model, params)
     f_ref = _eps_fn(model, ref_params) if kl_weight > 0 else None
@@ -366,26 +489,37 @@ def unrolled_loss(model: nn.Module, params: Params, ref_params: Params | None, n
     return loss, {"reward": r.detach().mean().item(), "kl": kl.detach().mean().item()}
 
 
-def unrolled_init(model: nn.Module, cfg: FinetuneConfig,
+def unrolled_init(model: nn.Module, cfg: FinetuneConfig, shape: int | tuple[int, ...], *,
+                  params: Iterable[Tensor] | None = None,
                   optimizer: OptimizerFactory | None = None) -> UnrolledState:
-    """The optimizer over ``model``'s trainable parameters (as in :func:`finetune_init`), a
-    frozen copy of its parameters and the noise rng (on the model's device)."""
-    ref = _frozen_copy(model)
-    params = _trainable(model)
-    opt = make_optimizer(params.values(), cfg.optimizer, cfg.lr, optimizer)
-    device = next(iter(params.values())).device
-    return UnrolledState(opt, ref, torch.Generator(device=device).manual_seed(cfg.seed))
+    """The optimizer over ``params`` (default: the model's trainable parameters, as in
+    :func:`finetune_init`), a frozen copy of them, the noise rng (on their device) and the
+    event ``shape`` of one sample."""
+    _check_cfg(cfg)
+    shape = event_shape(shape)
+    trainable = _trainable(model, params)
+    ref = _frozen_copy(trainable)
+    opt = _build_optimizer(trainable, cfg, optimizer)
+    p0 = next(iter(trainable.values()))
+    _probe(model, shape, None, p0.dtype, p0.device)
+    return UnrolledState(opt, ref, torch.Generator(device=p0.device).manual_seed(cfg.seed),
+                         shape)
 
 
 def unrolled_step(state: UnrolledState, model: nn.Module, sched: SamplerSchedule,
-                  reward_fn: RewardFn, cfg: FinetuneConfig,
-                  dim: int = 64) -> tuple[UnrolledState, dict[str, float]]:
+                  reward_fn: RewardFn, cfg: FinetuneConfig
+                  ) -> tuple[UnrolledState, dict[str, float]]:
     """One theta step of the baseline: T sequential steps with graph, then backward, then
     one optimizer step on ``model`` (in place). ``info``: ``reward``, ``kl``, ``grad_norm``."""
-    check_int(dim, "dim", 1)
+    if not isinstance(state, UnrolledState):
+        raise TypeError(f"state: must be an UnrolledState from unrolled_init, got "
+                        f"{type(state).__name__}")
+    _check_sched(sched)
+    _check_cfg(cfg)
     params = _optimized(model, state.optimizer)
     p0 = next(iter(params.values()))
-    noise = draw_noise(sched, cfg.pop_size, dim, state.generator, p0.dtype, device=p0.device)
+    noise = draw_noise(sched, cfg.pop_size, state.shape, state.generator, p0.dtype,
+                       device=p0.device)
     loss, info = unrolled_loss(model, params, state.ref_params, noise, sched, reward_fn,
                                cfg.kl_weight)
     g = torch.autograd.grad(loss, list(params.values()), allow_unused=True)

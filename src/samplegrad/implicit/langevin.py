@@ -1,10 +1,10 @@
 """Implicit Diffusion for Langevin samplers: single-loop optimization through sampling.
 
-A parameterized potential ``V(x, theta)`` (``x (N, d)``, ``theta (p,)`` -> ``(N,)``) defines
-``pi_theta ∝ exp(-V(., theta))``; the unadjusted Langevin algorithm (ULA)
-``x <- x - gamma grad_x V(x, theta) + sqrt(2 gamma) z`` samples it approximately. We
-maximize ``E_{pi_theta}[R] - lam KL(pi_ref || pi_theta)`` (i.e. minimize
-``-E[R] + lam KL``) over ``theta`` with:
+A parameterized potential ``V(x, theta)`` (particles ``x (N, *shape)`` of any event shape,
+parameters ``theta`` a tensor of any shape -> ``(N,)``) defines ``pi_theta ∝ exp(-V(.,
+theta))``; the unadjusted Langevin algorithm (ULA) ``x <- x - gamma grad_x V(x, theta) +
+sqrt(2 gamma) z`` samples it approximately. We maximize ``E_{pi_theta}[R] - lam KL(pi_ref ||
+pi_theta)`` (i.e. minimize ``-E[R] + lam KL``) over ``theta`` with:
 
 * reward gradient ``grad_theta E_pi[R] = -Cov_pi(R(x), grad_theta V(x, theta))``, plug-in
   over the particles (reward values only, never ``grad R``);
@@ -14,17 +14,24 @@ maximize ``E_{pi_theta}[R] - lam KL(pi_ref || pi_theta)`` (i.e. minimize
 Both are the gradient of one surrogate ``sum_i w_i V(x_i, theta) + lam mean_j V(x_ref_j,
 theta)`` with detached weights, so one backward pass gives the whole estimate.
 
-The single loop (docs/methods.md#single-loop) keeps a population of particles warm across ``theta``
-updates: each iteration is ONE Langevin step with the current ``theta``, then ONE optimizer
-step on ``theta`` from the new particles. API in the optax/blackjax spirit::
+The potential is either a function ``V(x, theta) -> (N,)`` or an ``nn.Module`` ``V(x) ->
+(N,)`` whose parameters are ``theta`` (all with ``requires_grad``, or the subset passed as
+``params=`` to :func:`init`): the loop then optimizes them as one flat vector
+``state.theta`` (``(p,)``, see :func:`module_potential`) and copies it into the module after
+every step, so the module is trained in place.
 
-    state = init(potential, theta0, LangevinConfig(), dim=2)
+The single loop (docs/methods.md#single-loop) keeps a population of particles warm across
+``theta`` updates: each iteration is ONE Langevin step with the current ``theta``, then ONE
+optimizer step on ``theta`` from the new particles. API in the optax/blackjax spirit::
+
+    state = init(potential, theta0, LangevinConfig(), shape=2)
     for _ in range(n):
         state, info = step(state, potential, reward, config)
-    # or: state, history = fit(potential, reward, theta0, config, n_steps=5000, dim=2)
+    # or: state, history = fit(potential, reward, theta0, config, n_steps=5000, shape=2)
 
 ``state.theta`` is a leaf tensor that the torch optimizer in ``state.optimizer`` updates in
-place; everything else in a step is returned as a new state.
+place; everything else in a step is returned as a new state. Particles, noise and the
+generator live on the device and in the dtype of ``x0`` (or of ``theta0``).
 """
 
 from __future__ import annotations
@@ -32,55 +39,171 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from samplegrad._config import check_int, check_real
 from samplegrad._optim import OptimizerFactory, check_lr, check_optimizer_name, make_optimizer
+from samplegrad.diffusion._checks import (
+    check_finite,
+    check_generator,
+    event_shape,
+    is_oom,
+    shape_str,
+)
 
 Potential = Callable[[Tensor, Tensor], Tensor]
-"""``V(x (N, d), theta (p,)) -> (N,)``, differentiable in both arguments."""
+"""``V(x (N, *shape), theta) -> (N,)``, differentiable in both arguments."""
 Reward = Callable[[Tensor], Tensor]
-"""``R(x (N, d)) -> (N,)``; only values are used by the implicit estimator."""
+"""``R(x (N, *shape)) -> (N,)``; only values are used by the implicit estimator."""
+
+__all__ = [
+    "LangevinConfig", "LangevinState", "Potential", "Reward", "advance_reference",
+    "apply_gradient", "covariance_update", "evaluate_reward", "fit", "init", "kl_estimate",
+    "kl_gradient", "langevin_sample", "langevin_step", "module_potential",
+    "objective_gradient", "potential_and_grad_x", "resolve_potential", "reward_gradient",
+    "step",
+]
 
 
 # ----------------------------------------------------------------------------- checks
 def check_step_size(step_size: float) -> float:
-    if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
+    if isinstance(step_size, bool) or not (isinstance(step_size, (int, float))
+                                           and math.isfinite(step_size) and step_size > 0):
         raise ValueError(f"step_size: the Langevin step size gamma must be a finite number > 0, "
                          f"got {step_size!r}")
     return float(step_size)
 
 
-def _check_x_theta(x: Tensor, theta: Tensor, name: str = "x") -> None:
-    if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"{name}: particles must be a tensor shaped (N, d) with N, d >= 1, got "
-                         f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}")
+def _check_x(x: Tensor, name: str = "x") -> None:
+    if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] < 1 or x[0].numel() < 1:
+        raise ValueError(f"{name}: particles must be a tensor shaped (N, *shape) with N >= 1 "
+                         f"and a non-empty event shape, got {shape_str(x)}")
     if not x.is_floating_point():
         raise ValueError(f"{name}: particles must be floating point, got {x.dtype}")
-    if not isinstance(theta, Tensor) or theta.dim() != 1 or theta.numel() < 1:
-        raise ValueError("theta: parameters must be a non-empty 1-D tensor shaped (p,), got "
-                         f"{tuple(theta.shape) if isinstance(theta, Tensor) else type(theta)}")
-    if not torch.isfinite(theta).all():
-        raise ValueError("theta: parameters contain NaN or inf")
+
+
+def _check_theta(theta: Tensor, name: str = "theta") -> None:
+    if not isinstance(theta, Tensor) or theta.numel() < 1:
+        raise ValueError(f"{name}: parameters must be a non-empty tensor, got "
+                         f"{shape_str(theta)}")
+    if not theta.is_floating_point():
+        raise ValueError(f"{name}: parameters must be floating point, got {theta.dtype}")
+    check_finite(theta, name, "parameters contain NaN or inf")
+
+
+def _check_x_theta(x: Tensor, theta: Tensor, name: str = "x") -> None:
+    _check_x(x, name)
+    _check_theta(theta)
+    if x.device != theta.device:
+        raise ValueError(f"theta: is on {theta.device} but the particles {name} are on "
+                         f"{x.device}; put both on one device")
 
 
 def _check_values(v: Tensor, n: int, what: str) -> None:
     if not isinstance(v, Tensor) or v.shape != (n,):
-        shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
-        raise ValueError(f"{what}: must return one value per particle, shape ({n},), got {shape}")
-    if not torch.isfinite(v).all():
-        raise ValueError(f"{what}: returned non-finite values (NaN or inf)")
+        raise ValueError(f"{what}: must return one value per particle, shape ({n},), got "
+                         f"{shape_str(v)}")
+    check_finite(v, what, "returned non-finite values (NaN or inf)")
+
+
+def _call_potential(potential: Potential, x: Tensor, theta: Tensor) -> Tensor:
+    """``potential(x, theta)``; an error inside it (typically particles and ``theta`` that do
+    not fit together) is re-raised naming the shapes involved."""
+    try:
+        return potential(x, theta)
+    except (RuntimeError, IndexError) as e:
+        if is_oom(e):
+            raise
+        raise ValueError(f"potential: failed on particles x of shape {tuple(x.shape)} with "
+                         f"theta of shape {tuple(theta.shape)} ({type(e).__name__}: {e}); do "
+                         "the particle shape (shape=/x0) and theta fit the potential?") from e
+
+
+# ----------------------------------------------------------------------------- modules
+def _module_params(module: nn.Module, params: Iterable[Tensor] | None
+                   ) -> list[tuple[str, Tensor]]:
+    """The (name, parameter) pairs of ``module`` to optimize, in module order."""
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"potential: must be a callable V(x, theta) or an nn.Module V(x), got "
+                        f"{type(module).__name__}")
+    named = list(module.named_parameters())
+    if params is None:
+        chosen = [(k, p) for k, p in named if p.requires_grad]
+    else:
+        try:
+            ids = {id(p) for p in ([params] if isinstance(params, Tensor) else params)}
+        except TypeError as e:
+            raise TypeError(f"params: must be an iterable of the module's parameters, got "
+                            f"{type(params).__name__}") from e
+        chosen = [(k, p) for k, p in named if id(p) in ids]
+        if len(chosen) != len(ids):
+            raise ValueError("params: every entry must be a parameter of the potential module")
+    if not chosen:
+        raise ValueError("potential: the module has no parameters to optimize (none with "
+                         "requires_grad=True, or params= is empty)")
+    dtypes = {p.dtype for _, p in chosen}
+    devices = {p.device for _, p in chosen}
+    if len(dtypes) > 1 or len(devices) > 1:
+        raise ValueError(f"potential: the parameters to optimize must share one dtype and "
+                         f"device, got {sorted(map(str, dtypes))} on {sorted(map(str, devices))}")
+    return chosen
+
+
+def module_potential(module: nn.Module, params: Iterable[Tensor] | None = None
+                     ) -> tuple[Potential, Tensor]:
+    """An ``nn.Module`` potential ``V(x) -> (N,)`` as a function of a flat parameter vector.
+
+    Returns ``(V, theta0)``: ``V(x, theta)`` calls the module with the chosen parameters
+    (``params``, default every parameter with ``requires_grad``) read from ``theta``
+    ``(p,)`` (through ``torch.func.functional_call``; the others are used as they are), and
+    ``theta0`` their current values, flattened (detached). :func:`init` does this for you.
+    """
+    chosen = _module_params(module, params)
+    names = [k for k, _ in chosen]
+    shapes = [p.shape for _, p in chosen]
+    sizes = [p.numel() for _, p in chosen]
+
+    def potential(x: Tensor, theta: Tensor) -> Tensor:
+        parts = theta.reshape(-1).split(sizes)
+        values = {k: v.view(s) for k, v, s in zip(names, parts, shapes)}
+        return torch.func.functional_call(module, values, (x,))
+
+    theta0 = torch.cat([p.detach().reshape(-1) for _, p in chosen])
+    return potential, theta0
+
+
+def resolve_potential(potential: Potential | nn.Module, state: LangevinState) -> Potential:
+    """The function ``V(x, theta)`` for ``potential``: itself, or for a module the flat-vector
+    wrapper :func:`init` built (kept in ``state.extra``)."""
+    if isinstance(potential, nn.Module):
+        if state.extra.get("module") is not potential:
+            raise ValueError("potential: this state was not built by init() for this module")
+        return state.extra["potential_fn"]
+    if not callable(potential):
+        raise TypeError(f"potential: must be a callable V(x, theta) or an nn.Module V(x), got "
+                        f"{type(potential).__name__}")
+    return potential
+
+
+def _write_back(state: LangevinState) -> None:
+    """Copy ``state.theta`` into the module's parameters (module potentials only)."""
+    params = state.extra.get("module_params")
+    if not params:
+        return
+    with torch.no_grad():
+        for p, v in zip(params, state.theta.detach().split([p.numel() for p in params])):
+            p.copy_(v.view_as(p))
 
 
 # ----------------------------------------------------------------------------- sampling
 def potential_and_grad_x(potential: Potential, x: Tensor, theta: Tensor, *,
                          create_graph: bool = False) -> tuple[Tensor, Tensor]:
-    """``V(x, theta)`` ``(N,)`` and ``grad_x V`` ``(N, d)``, validated.
+    """``V(x, theta)`` ``(N,)`` and ``grad_x V`` (shaped like ``x``), validated.
 
     With ``create_graph`` the gradient stays differentiable in ``x`` and ``theta`` (for
     unrolling); otherwise both outputs are detached.
@@ -89,28 +212,30 @@ def potential_and_grad_x(potential: Potential, x: Tensor, theta: Tensor, *,
     with torch.enable_grad():
         xg = x if (create_graph and x.requires_grad) else x.detach().requires_grad_(True)
         th = theta if create_graph else theta.detach()
-        v = potential(xg, th)
+        v = _call_potential(potential, xg, th)
         _check_values(v, x.shape[0], "potential")
+        if not v.requires_grad:
+            raise ValueError("potential: its output does not depend differentiably on x")
         (gx,) = torch.autograd.grad(v.sum(), xg, create_graph=create_graph)
-    if not torch.isfinite(gx).all():
-        raise ValueError("potential: its gradient in x is not finite (NaN or inf)")
+    check_finite(gx, "potential", "its gradient in x is not finite (NaN or inf)")
     return (v, gx) if create_graph else (v.detach(), gx.detach())
 
 
 def langevin_step(potential: Potential, x: Tensor, theta: Tensor, step_size: float, *,
                   generator: torch.Generator | None = None) -> Tensor:
-    """One ULA step ``x - gamma grad_x V(x, theta) + sqrt(2 gamma) z`` on ``x (N, d)``."""
+    """One ULA step ``x - gamma grad_x V(x, theta) + sqrt(2 gamma) z`` on ``x (N, *shape)``."""
     gamma = check_step_size(step_size)
     _, gx = potential_and_grad_x(potential, x, theta)
+    check_generator(generator, x.device)
     z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     return x.detach() - gamma * gx + math.sqrt(2 * gamma) * z
 
 
 def langevin_sample(potential: Potential, x: Tensor, theta: Tensor, step_size: float,
                     n_steps: int, *, generator: torch.Generator | None = None) -> Tensor:
-    """``n_steps`` ULA steps from ``x (N, d)`` with ``theta`` fixed (no graph)."""
-    if n_steps < 0:
-        raise ValueError(f"n_steps: must be >= 0, got {n_steps}")
+    """``n_steps`` ULA steps from ``x (N, *shape)`` with ``theta`` fixed (no graph)."""
+    check_int(n_steps, "n_steps", 0)
+    check_step_size(step_size)
     for _ in range(n_steps):
         x = langevin_step(potential, x, theta, step_size, generator=generator)
     return x
@@ -122,17 +247,16 @@ def _surrogate_grad(potential: Potential, x: Tensor, theta: Tensor, w: Tensor,
     """``grad_theta [sum_i w_i V(x_i, theta) + ref_weight mean_j V(x_ref_j, theta)]``."""
     with torch.enable_grad():
         th = theta.detach().requires_grad_(True)
-        v = potential(x.detach(), th)
+        v = _call_potential(potential, x.detach(), th)
         _check_values(v, x.shape[0], "potential")
         s = (w.detach() * v).sum()
         if x_ref is not None and ref_weight != 0:
-            vr = potential(x_ref.detach(), th)
+            vr = _call_potential(potential, x_ref.detach(), th)
             _check_values(vr, x_ref.shape[0], "potential")
             s = s + ref_weight * vr.mean()
         (g,) = torch.autograd.grad(s, th, allow_unused=True)
     g = torch.zeros_like(th) if g is None else g
-    if not torch.isfinite(g).all():
-        raise ValueError("potential: its gradient in theta is not finite (NaN or inf)")
+    check_finite(g, "potential", "its gradient in theta is not finite (NaN or inf)")
     return g
 
 
@@ -143,10 +267,18 @@ def _centered_weights(rewards: Tensor) -> Tensor:
     return (rewards - rewards.mean()) / (n - 1)
 
 
-def reward_gradient(potential: Potential, x: Tensor, theta: Tensor, rewards: Tensor) -> Tensor:
-    """Plug-in ``grad_theta E_pi[R] = -Cov(R, grad_theta V)`` over particles ``x (N, d)``.
+def _check_ref(x_ref: Tensor, x: Tensor, theta: Tensor) -> None:
+    _check_x_theta(x_ref, theta, "x_ref")
+    if x_ref.shape[1:] != x.shape[1:]:
+        raise ValueError(f"x_ref: particles of shape {tuple(x_ref.shape[1:])} differ from x's "
+                         f"{tuple(x.shape[1:])}")
 
-    ``rewards (N,)`` are ``R(x)``. Unbiased sample covariance (``1/(N-1)``); returns ``(p,)``.
+
+def reward_gradient(potential: Potential, x: Tensor, theta: Tensor, rewards: Tensor) -> Tensor:
+    """Plug-in ``grad_theta E_pi[R] = -Cov(R, grad_theta V)`` over particles ``x (N, *shape)``.
+
+    ``rewards (N,)`` are ``R(x)``. Unbiased sample covariance (``1/(N-1)``); returns a tensor
+    shaped like ``theta``.
     """
     _check_x_theta(x, theta)
     _check_values(rewards, x.shape[0], "rewards")
@@ -156,26 +288,27 @@ def reward_gradient(potential: Potential, x: Tensor, theta: Tensor, rewards: Ten
 def kl_gradient(potential: Potential, x: Tensor, theta: Tensor, x_ref: Tensor) -> Tensor:
     """``grad_theta KL(pi_ref || pi_theta) = E_ref[grad_theta V] - E_pi[grad_theta V]``.
 
-    ``x (N, d)`` samples ``pi_theta``, ``x_ref (M, d)`` samples ``pi_ref``; returns ``(p,)``.
+    ``x (N, *shape)`` samples ``pi_theta``, ``x_ref (M, *shape)`` samples ``pi_ref``; returns a
+    tensor shaped like ``theta``.
     """
     _check_x_theta(x, theta)
-    _check_x_theta(x_ref, theta, "x_ref")
+    _check_ref(x_ref, x, theta)
     w = torch.full((x.shape[0],), -1.0 / x.shape[0], dtype=x.dtype, device=x.device)
     return _surrogate_grad(potential, x, theta, w, x_ref, 1.0)
 
 
 def objective_gradient(potential: Potential, x: Tensor, theta: Tensor, rewards: Tensor,
                        kl_weight: float = 0.0, x_ref: Tensor | None = None) -> Tensor:
-    """Gradient of ``-E[R] + kl_weight KL(pi_ref || pi_theta)`` in one backward: ``(p,)``."""
+    """Gradient of ``-E[R] + kl_weight KL(pi_ref || pi_theta)`` in one backward (shaped like
+    ``theta``)."""
     _check_x_theta(x, theta)
     _check_values(rewards, x.shape[0], "rewards")
-    if kl_weight < 0 or not math.isfinite(kl_weight):
-        raise ValueError(f"kl_weight: must be finite and >= 0, got {kl_weight}")
+    check_real(kl_weight, "kl_weight", ge=0)
     w = _centered_weights(rewards)
     if kl_weight > 0:
         if x_ref is None:
             raise ValueError("x_ref: kl_weight > 0 needs reference samples (x_ref or theta_ref)")
-        _check_x_theta(x_ref, theta, "x_ref")
+        _check_ref(x_ref, x, theta)
         w = w - kl_weight / x.shape[0]
     return _surrogate_grad(potential, x, theta, w, x_ref, kl_weight)
 
@@ -185,7 +318,8 @@ def kl_estimate(potential: Potential, x_ref: Tensor, theta: Tensor, theta_ref: T
     """Importance-sampling estimate of ``KL(pi_ref || pi_theta)`` from ``x_ref ~ pi_ref``:
     ``E_ref[V_theta - V_ref] + log E_ref[exp(V_ref - V_theta)]`` (the normalizer ratio)."""
     _check_x_theta(x_ref, theta, "x_ref")
-    d = potential(x_ref, theta) - potential(x_ref, theta_ref)
+    _check_theta(theta_ref, "theta_ref")
+    d = _call_potential(potential, x_ref, theta) - _call_potential(potential, x_ref, theta_ref)
     _check_values(d, x_ref.shape[0], "potential")
     return float(d.mean() + torch.logsumexp(-d, 0) - math.log(d.shape[0]))
 
@@ -215,112 +349,187 @@ class LangevinConfig:
 
 @dataclass
 class LangevinState:
-    """Everything the loop carries. ``theta`` is the optimizer's leaf tensor."""
+    """Everything the loop carries. ``theta`` is the optimizer's leaf tensor (for a module
+    potential: its parameters as one flat vector; ``extra`` then holds the module, its
+    flat-vector wrapper and the parameters written back after every step)."""
 
-    x: Tensor                              # (N, d) particles
-    theta: Tensor                          # (p,) leaf, requires_grad
+    x: Tensor                              # (N, *shape) particles
+    theta: Tensor                          # leaf, requires_grad
     optimizer: torch.optim.Optimizer       # holds the optimizer state (momenta, ...)
     generator: torch.Generator             # the rng
     step: int = 0
-    x_ref: Tensor | None = None            # (M, d) reference samples / particles
-    theta_ref: Tensor | None = None        # (p,) if the reference is pi_{theta_ref}
+    x_ref: Tensor | None = None            # (M, *shape) reference samples / particles
+    theta_ref: Tensor | None = None        # shaped like theta, if the reference is pi_theta_ref
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def init(potential: Potential, theta0: Tensor, config: LangevinConfig = LangevinConfig(), *,
-         dim: int | None = None, x0: Tensor | None = None, x_ref: Tensor | None = None,
-         theta_ref: Tensor | None = None, seed: int = 0,
+def _check_config(config: LangevinConfig) -> LangevinConfig:
+    if not isinstance(config, LangevinConfig):
+        raise TypeError(f"config: must be a LangevinConfig, got {type(config).__name__}")
+    return config
+
+
+def init(potential: Potential | nn.Module, theta0: Tensor | None = None,
+         config: LangevinConfig = LangevinConfig(), *,
+         shape: int | tuple[int, ...] | None = None, x0: Tensor | None = None,
+         x_ref: Tensor | None = None, theta_ref: Tensor | None = None, seed: int = 0,
+         params: Iterable[Tensor] | None = None,
          optimizer: OptimizerFactory | None = None) -> LangevinState:
-    """Initial state: particles ``x0`` (or ``N(0, I)`` of shape ``(n_particles, dim)``).
+    """Initial state: particles ``x0`` (or ``N(0, I)`` of shape ``(n_particles, *shape)``).
+
+    ``potential``: a function ``V(x, theta)`` with ``theta0`` the initial parameters (a
+    tensor of any shape), or an ``nn.Module`` ``V(x)`` (``theta0`` omitted): ``theta`` is then
+    its parameters (``params``, default all with ``requires_grad``) as one flat vector (see
+    :func:`module_potential`), written back into the module after every step, and
+    ``theta_ref`` (if any) is such a flat vector too.
 
     ``theta`` is optimized by ``optimizer(list_of_leaf_tensors)`` when that factory is given,
     else by ``torch.optim.<config.optimizer>(..., lr=config.lr)``. The rng lives on the device
     of ``x0`` (or ``theta0``).
 
-    The KL reference is either fixed samples ``x_ref (M, d)`` or a parameter ``theta_ref``,
-    whose own particle population (from ``x_ref`` or ``N(0, I)``, ``n_ref`` of them, burnt
-    in for ``ref_burn_in`` steps) is advanced by one ULA step per iteration.
+    The KL reference is either fixed samples ``x_ref (M, *shape)`` or a parameter
+    ``theta_ref``, whose own particle population (from ``x_ref`` or ``N(0, I)``, ``n_ref`` of
+    them, burnt in for ``ref_burn_in`` steps) is advanced by one ULA step per iteration.
     """
-    check_step_size(config.step_size)
-    if not isinstance(theta0, Tensor) or theta0.dim() != 1 or theta0.numel() < 1:
-        raise ValueError("theta0: must be a non-empty 1-D tensor shaped (p,)")
+    _check_config(config)
+    check_int(seed, "seed")
+    extra: dict[str, Any] = {}
+    if isinstance(potential, nn.Module):
+        if theta0 is not None:
+            raise ValueError("theta0: a module potential's theta is its own parameters; leave "
+                             "theta0 out (choose a subset with params=)")
+        chosen = _module_params(potential, params)
+        params = [p for _, p in chosen]
+        fn, theta0 = module_potential(potential, params)
+        extra = {"module": potential, "potential_fn": fn,
+                 "module_params": tuple(params)}
+    else:
+        if not callable(potential):
+            raise TypeError(f"potential: must be a callable V(x, theta) or an nn.Module V(x), "
+                            f"got {type(potential).__name__}")
+        if params is not None:
+            raise ValueError("params: only for an nn.Module potential (a function potential's "
+                             "parameters are theta0)")
+        fn = potential
+        if theta0 is None:
+            raise ValueError("theta0: give the initial parameters of the potential function")
+        _check_theta(theta0, "theta0")
     device = theta0.device if x0 is None else x0.device
     gen = torch.Generator(device=device).manual_seed(seed)
     if x0 is None:
-        if dim is None or dim < 1:
-            raise ValueError("dim: give the particle dimension (or x0)")
-        x0 = torch.randn(config.n_particles, dim, generator=gen, dtype=theta0.dtype,
-                         device=device)
+        if shape is None:
+            raise ValueError("shape: give the particle shape (e.g. shape=2 for (N, 2) "
+                             "particles), or x0")
+        x0 = torch.randn(config.n_particles, *event_shape(shape), generator=gen,
+                         dtype=theta0.dtype, device=device)
+    else:
+        _check_x(x0, "x0")
+        if shape is not None and tuple(x0.shape[1:]) != event_shape(shape):
+            raise ValueError(f"shape: {shape!r} differs from x0's particle shape "
+                             f"{tuple(x0.shape[1:])}")
     theta = theta0.detach().clone().requires_grad_(True)
     _check_x_theta(x0, theta, "x0")
+    _probe(fn, x0, theta)
     if theta_ref is not None:
+        _check_theta(theta_ref, "theta_ref")
         theta_ref = theta_ref.detach().clone()
         if theta_ref.shape != theta.shape:
-            raise ValueError(f"theta_ref: shape {tuple(theta_ref.shape)} differs from theta0's "
+            raise ValueError(f"theta_ref: shape {tuple(theta_ref.shape)} differs from theta's "
                              f"{tuple(theta.shape)}")
         if x_ref is None:
-            x_ref = torch.randn(config.n_ref, x0.shape[1], generator=gen, dtype=x0.dtype,
+            x_ref = torch.randn(config.n_ref, *x0.shape[1:], generator=gen, dtype=x0.dtype,
                                 device=device)
-        x_ref = langevin_sample(potential, x_ref, theta_ref, config.step_size,
-                                config.ref_burn_in, generator=gen)
+        _check_ref(x_ref, x0, theta)
+        x_ref = langevin_sample(fn, x_ref, theta_ref, config.step_size, config.ref_burn_in,
+                                generator=gen)
     if x_ref is not None:
-        _check_x_theta(x_ref, theta, "x_ref")
-        if x_ref.shape[1] != x0.shape[1]:
-            raise ValueError(f"x_ref: dimension {x_ref.shape[1]} differs from x0's {x0.shape[1]}")
+        _check_ref(x_ref, x0, theta)
     if config.kl_weight > 0 and x_ref is None:
         raise ValueError("x_ref: kl_weight > 0 needs reference samples (x_ref or theta_ref)")
+    if optimizer is not None and not callable(optimizer):
+        raise TypeError(f"optimizer: must be a factory params -> torch.optim.Optimizer, got "
+                        f"{type(optimizer).__name__}")
     return LangevinState(x=x0.detach().clone(), theta=theta,
                          optimizer=make_optimizer([theta], config.optimizer, config.lr,
                                                    optimizer), generator=gen,
-                         x_ref=None if x_ref is None else x_ref.detach(), theta_ref=theta_ref)
+                         x_ref=None if x_ref is None else x_ref.detach(), theta_ref=theta_ref,
+                         extra=extra)
 
 
-def advance_reference(state: LangevinState, potential: Potential, step_size: float,
+def _probe(potential: Potential, x0: Tensor, theta: Tensor) -> None:
+    """The potential on two particles: shapes that do not fit fail here, named."""
+    with torch.no_grad():
+        v = _call_potential(potential, x0[:2], theta.detach())
+    _check_values(v, min(2, x0.shape[0]), "potential")
+
+
+def advance_reference(state: LangevinState, potential: Potential | nn.Module, step_size: float,
                       n_steps: int = 1) -> Tensor | None:
     """The reference particles after ``n_steps`` ULA steps under ``theta_ref`` (fixed
     reference samples are returned unchanged)."""
     if state.theta_ref is None or state.x_ref is None:
         return state.x_ref
-    return langevin_sample(potential, state.x_ref, state.theta_ref, step_size, n_steps,
-                           generator=state.generator)
+    return langevin_sample(resolve_potential(potential, state), state.x_ref, state.theta_ref,
+                           step_size, n_steps, generator=state.generator)
 
 
 def apply_gradient(state: LangevinState, grad: Tensor) -> None:
-    """One optimizer step on ``state.theta`` with the given gradient of the loss."""
+    """One optimizer step on ``state.theta`` with the given gradient of the loss (for a
+    module potential, the new values are then copied into the module)."""
+    if not isinstance(grad, Tensor) or grad.shape != state.theta.shape:
+        raise ValueError(f"grad: must be shaped like theta {tuple(state.theta.shape)}, got "
+                         f"{shape_str(grad)}")
     state.optimizer.zero_grad(set_to_none=True)
     state.theta.grad = grad.detach().clone()
     state.optimizer.step()
+    check_finite(state.theta.detach(), "optimizer",
+                 "its step made theta non-finite (NaN or inf); check its learning rate and "
+                 "settings")
+    _write_back(state)
 
 
 def evaluate_reward(reward: Reward, x: Tensor) -> Tensor:
     """``R(x)`` detached and validated: ``(N,)``."""
+    if not callable(reward):
+        raise TypeError(f"reward: must be callable (x (N, *shape) -> (N,)), got "
+                        f"{type(reward).__name__}")
     with torch.no_grad():
         r = reward(x)
     _check_values(r, x.shape[0], "reward")
     return r
 
 
-def covariance_update(state: LangevinState, x: Tensor, potential: Potential, reward: Reward,
-                      config: LangevinConfig) -> tuple[LangevinState, dict[str, float]]:
+def covariance_update(state: LangevinState, x: Tensor, potential: Potential | nn.Module,
+                      reward: Reward, config: LangevinConfig
+                      ) -> tuple[LangevinState, dict[str, float]]:
     """One optimizer step on ``theta`` from the covariance (+ KL) gradient over the freshly
-    sampled particles ``x (N, d)``; the reference particles advance by one ULA step."""
+    sampled particles ``x (N, *shape)``; the reference particles advance by one ULA step."""
+    fn = resolve_potential(potential, state)
     x_ref = advance_reference(state, potential, config.step_size)
     r = evaluate_reward(reward, x)
-    g = objective_gradient(potential, x, state.theta, r, config.kl_weight, x_ref)
+    g = objective_gradient(fn, x, state.theta, r, config.kl_weight, x_ref)
     apply_gradient(state, g)
     new = dataclasses.replace(state, x=x, x_ref=x_ref, step=state.step + 1)
     return new, {"reward": float(r.mean()), "grad_norm": float(g.norm())}
 
 
-def step(state: LangevinState, potential: Potential, reward: Reward,
+def _check_state(state: LangevinState) -> LangevinState:
+    if not isinstance(state, LangevinState):
+        raise TypeError(f"state: must be a LangevinState from init, got {type(state).__name__}")
+    return state
+
+
+def step(state: LangevinState, potential: Potential | nn.Module, reward: Reward,
          config: LangevinConfig = LangevinConfig()) -> tuple[LangevinState, dict[str, float]]:
     """One single-loop iteration: one ULA step with the current ``theta``, then one
     optimizer step on ``theta`` from the covariance (+ KL) gradient over the new particles.
 
     Returns the new state and ``{"reward": mean R over the particles, "grad_norm": ...}``.
     """
-    x = langevin_step(potential, state.x, state.theta, config.step_size,
-                      generator=state.generator)
+    _check_state(state)
+    _check_config(config)
+    x = langevin_step(resolve_potential(potential, state), state.x, state.theta,
+                      config.step_size, generator=state.generator)
     return covariance_update(state, x, potential, reward, config)
 
 
@@ -328,28 +537,31 @@ StepFn = Callable[[LangevinState, Potential, Reward, Any],
                   tuple[LangevinState, dict[str, float]]]
 
 
-def fit(potential: Potential, reward: Reward, theta0: Tensor,
+def fit(potential: Potential | nn.Module, reward: Reward, theta0: Tensor | None,
         config: LangevinConfig = LangevinConfig(), n_steps: int = 5000, *,
         step_fn: StepFn = step, state: LangevinState | None = None, log_every: int = 1,
         desc: str = "implicit langevin", **init_kwargs: Any
         ) -> tuple[LangevinState, dict[str, list]]:
     """Run ``n_steps`` iterations of ``step_fn`` (default: the single loop) with a progress bar.
 
-    ``init_kwargs`` go to :func:`init` (``dim``, ``x0``, ``x_ref``, ``theta_ref``, ``seed``,
-    ``optimizer``) unless a ``state`` is given. The history holds, every ``log_every``
-    steps: ``step``, ``reward`` (particle mean, before the theta update), ``kl`` (importance
-    estimate of ``KL(pi_ref || pi_theta)`` on the reference particles when ``theta_ref`` is
-    known, else NaN), ``grad_norm``, ``theta`` (after the update) and ``time`` (seconds spent
-    inside ``step_fn`` so far; logging is not counted).
+    ``init_kwargs`` go to :func:`init` (``shape``, ``x0``, ``x_ref``, ``theta_ref``, ``seed``,
+    ``params``, ``optimizer``) unless a ``state`` is given. The history holds, every
+    ``log_every`` steps: ``step``, ``reward`` (particle mean, before the theta update),
+    ``kl`` (importance estimate of ``KL(pi_ref || pi_theta)`` on the reference particles when
+    ``theta_ref`` is known, else NaN), ``grad_norm``, ``theta`` (after the update, as nested
+    lists) and ``time`` (seconds spent inside ``step_fn`` so far; logging is not counted).
     """
     from samplegrad._progress import progress
 
-    if n_steps < 0:
-        raise ValueError(f"n_steps: must be >= 0, got {n_steps}")
-    if log_every < 1:
-        raise ValueError(f"log_every: must be >= 1, got {log_every}")
+    check_int(n_steps, "n_steps", 0)
+    check_int(log_every, "log_every", 1)
+    if not callable(step_fn):
+        raise TypeError(f"step_fn: must be callable, got {type(step_fn).__name__}")
     if state is None:
         state = init(potential, theta0, config, **init_kwargs)
+    else:
+        _check_state(state)
+    fn = resolve_potential(potential, state)
     hist: dict[str, list] = {k: [] for k in ("step", "reward", "kl", "grad_norm", "theta",
                                              "time")}
     elapsed = 0.0
@@ -361,7 +573,7 @@ def fit(potential: Potential, reward: Reward, theta0: Tensor,
         if (i + 1) % log_every == 0 or i + 1 == n_steps:
             kl = float("nan")
             if state.theta_ref is not None and state.x_ref is not None:
-                kl = kl_estimate(potential, state.x_ref, state.theta.detach(), state.theta_ref)
+                kl = kl_estimate(fn, state.x_ref, state.theta.detach(), state.theta_ref)
             hist["step"].append(state.step)
             hist["reward"].append(info["reward"])
             hist["kl"].append(kl)

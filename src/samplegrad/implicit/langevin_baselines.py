@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from samplegrad._config import check_bool, check_int
 from samplegrad.implicit.langevin import (
@@ -27,6 +27,8 @@ from samplegrad.implicit.langevin import (
     LangevinState,
     Potential,
     Reward,
+    _check_state,
+    _check_values,
     advance_reference,
     apply_gradient,
     check_step_size,
@@ -34,6 +36,7 @@ from samplegrad.implicit.langevin import (
     kl_gradient,
     langevin_sample,
     potential_and_grad_x,
+    resolve_potential,
 )
 
 
@@ -59,9 +62,10 @@ def _inner_start(state: LangevinState, config: BaselineConfig) -> Tensor:
 
 def unrolled_trajectory(potential: Potential, x: Tensor, theta: Tensor, step_size: float,
                         n_steps: int, *, generator: torch.Generator | None = None) -> Tensor:
-    """``n_steps`` ULA steps from ``x (N, d)`` keeping the graph: the result is a
+    """``n_steps`` ULA steps from ``x (N, *shape)`` keeping the graph: the result is a
     differentiable function of ``theta`` (and of ``x``)."""
     gamma = check_step_size(step_size)
+    check_int(n_steps, "n_steps", 0)
     x = x.detach().requires_grad_(True)
     for _ in range(n_steps):
         _, gx = potential_and_grad_x(potential, x, theta, create_graph=True)
@@ -70,34 +74,50 @@ def unrolled_trajectory(potential: Potential, x: Tensor, theta: Tensor, step_siz
     return x
 
 
-def unrolled_step(state: LangevinState, potential: Potential, reward: Reward,
+def _check_config(config: BaselineConfig) -> BaselineConfig:
+    if not isinstance(config, BaselineConfig):
+        raise TypeError(f"config: the baselines need a BaselineConfig (n_inner, warm_start), "
+                        f"got {type(config).__name__}")
+    return config
+
+
+def unrolled_step(state: LangevinState, potential: Potential | nn.Module, reward: Reward,
                   config: BaselineConfig = BaselineConfig()
                   ) -> tuple[LangevinState, dict[str, float]]:
     """Backpropagation through ``config.n_inner`` Langevin steps (pathwise reward gradient);
     the KL term, if any, uses the covariance-free estimator on the final particles."""
+    _check_state(state)
+    _check_config(config)
+    if not callable(reward):
+        raise TypeError(f"reward: must be callable, got {type(reward).__name__}")
+    fn = resolve_potential(potential, state)
     x0 = _inner_start(state, config)
     with torch.enable_grad():
-        x = unrolled_trajectory(potential, x0, state.theta, config.step_size, config.n_inner,
+        x = unrolled_trajectory(fn, x0, state.theta, config.step_size, config.n_inner,
                                 generator=state.generator)
         r = reward(x)
-        if not isinstance(r, Tensor) or r.shape != (x.shape[0],) or not torch.isfinite(r).all():
-            raise ValueError(f"reward: must return finite values shaped ({x.shape[0]},)")
-        (g,) = torch.autograd.grad(-r.mean(), state.theta, allow_unused=True)
+        _check_values(r, x.shape[0], "reward")
+        g = None  # a reward flat in x (a hard indicator) contributes no pathwise gradient
+        if r.requires_grad:
+            (g,) = torch.autograd.grad(-r.mean(), state.theta, allow_unused=True)
     g = torch.zeros_like(state.theta) if g is None else g.detach()
     x_ref = advance_reference(state, potential, config.step_size)
     if config.kl_weight > 0:
         if x_ref is None:
             raise ValueError("x_ref: kl_weight > 0 needs reference samples (x_ref or theta_ref)")
-        g = g + config.kl_weight * kl_gradient(potential, x.detach(), state.theta, x_ref)
+        g = g + config.kl_weight * kl_gradient(fn, x.detach(), state.theta, x_ref)
     apply_gradient(state, g)
     new = dataclasses.replace(state, x=x.detach(), x_ref=x_ref, step=state.step + 1)
     return new, {"reward": float(r.detach().mean()), "grad_norm": float(g.norm())}
 
 
-def nested_step(state: LangevinState, potential: Potential, reward: Reward,
+def nested_step(state: LangevinState, potential: Potential | nn.Module, reward: Reward,
                 config: BaselineConfig = BaselineConfig(warm_start=True)
                 ) -> tuple[LangevinState, dict[str, float]]:
     """``config.n_inner`` Langevin steps with ``theta`` fixed, then one covariance step."""
-    x = langevin_sample(potential, _inner_start(state, config), state.theta,
-                        config.step_size, config.n_inner, generator=state.generator)
+    _check_state(state)
+    _check_config(config)
+    x = langevin_sample(resolve_potential(potential, state), _inner_start(state, config),
+                        state.theta, config.step_size, config.n_inner,
+                        generator=state.generator)
     return covariance_update(state, x, potential, reward, config)

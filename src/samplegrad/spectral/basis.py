@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from samplegrad.spectral._checks import check_count, check_points
 from samplegrad.spectral.hermite import derivative_table, hermite_table
 
 
@@ -27,6 +28,8 @@ def _compositions(total_max: int, parts: int) -> list[tuple[int, ...]]:
 
 def basis_size(dim: int, degree: int, max_active: int) -> int:
     """``K = sum_s C(dim, s) C(degree, s)`` over ``s = 1..max_active`` (constant excluded)."""
+    dim, degree = check_count(dim, "dim"), check_count(degree, "degree")
+    max_active = check_count(max_active, "max_active")
     return sum(math.comb(dim, s) * math.comb(degree, s)
                for s in range(1, min(max_active, dim, degree) + 1))
 
@@ -35,7 +38,8 @@ def basis_size(dim: int, degree: int, max_active: int) -> int:
 class HermiteBasis:
     """A sparse tensor-Hermite basis on ``R^dim`` (the constant function excluded).
 
-    Build with :meth:`HermiteBasis.sparse`. ``coords``/``degs`` are ``(K, m)`` int64.
+    Build with :meth:`HermiteBasis.sparse`. ``coords``/``degs`` are ``(K, m)`` int64 (on
+    the CPU, or where :meth:`to` puts them); evaluation follows the device of ``x``.
     """
 
     dim: int
@@ -47,12 +51,8 @@ class HermiteBasis:
     @classmethod
     def sparse(cls, dim: int, degree: int, max_active: int = 2) -> HermiteBasis:
         """Every multi-index of total degree ``1..degree`` with ``<= max_active`` active coords."""
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        if degree < 1:
-            raise ValueError(f"degree must be >= 1, got {degree}")
-        if max_active < 1:
-            raise ValueError(f"max_active must be >= 1, got {max_active}")
+        dim, degree = check_count(dim, "dim"), check_count(degree, "degree")
+        max_active = check_count(max_active, "max_active")
         m = min(max_active, dim, degree)
         coords, degs = [], []
         for s in range(1, m + 1):
@@ -65,6 +65,14 @@ class HermiteBasis:
         return cls(dim, degree, m, torch.tensor(coords, dtype=torch.int64),
                    torch.tensor(degs, dtype=torch.int64))
 
+    def to(self, device: torch.device | str) -> HermiteBasis:
+        """The same basis with its index tensors on ``device``."""
+        return HermiteBasis(self.dim, self.degree, self.max_active, self.coords.to(device),
+                            self.degs.to(device))
+
+    def _on(self, device: torch.device) -> HermiteBasis:
+        return self if self.coords.device == device else self.to(device)
+
     @property
     def size(self) -> int:
         return self.coords.shape[0]
@@ -76,7 +84,7 @@ class HermiteBasis:
 
     def dense(self) -> Tensor:
         """Multi-indices as a dense ``(K, dim)`` int64 tensor."""
-        out = torch.zeros(self.size, self.dim, dtype=torch.int64)
+        out = torch.zeros(self.size, self.dim, dtype=torch.int64, device=self.coords.device)
         return out.scatter_add_(1, self.coords, self.degs)
 
     def describe(self) -> dict:
@@ -88,12 +96,12 @@ class HermiteBasis:
 
     # ---- evaluation -------------------------------------------------------------------
     def _slots(self, x: Tensor, order: int) -> tuple[Tensor, ...]:
-        """Slot values (and derivatives up to ``order``), each ``(m, K, N)`` (feature-first)."""
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape (N, {self.dim}), got {tuple(x.shape)}")
+        """Slot values (and derivatives up to ``order``), each ``(m, K, N)`` (feature-first);
+        ``x`` is checked by the public callers."""
+        b = self._on(x.device)
         N, D1 = x.shape[0], self.degree + 1
         table = hermite_table(x.T, self.degree)  # (d, N, D+1)
-        flat = (self.coords * D1 + self.degs).T.reshape(-1)  # (m K,)
+        flat = (b.coords * D1 + b.degs).T.reshape(-1)  # (m K,)
         out = []
         for k in range(order + 1):
             tab = table if k == 0 else derivative_table(table, k)
@@ -110,6 +118,7 @@ class HermiteBasis:
 
     def values(self, x: Tensor) -> Tensor:
         """``phi_k(x)``: ``(N, dim)`` -> ``(N, K)``."""
+        check_points(x, "x", self.dim)
         (v,) = self._slots(x, 0)
         return v.prod(0).T
 
@@ -119,17 +128,19 @@ class HermiteBasis:
 
     def slot_gradients(self, x: Tensor) -> Tensor:
         """``d phi_k / d x_{coords[k, r]}``: ``(N, dim)`` -> ``(N, K, m)``."""
+        check_points(x, "x", self.dim)
         return self._slot_gradients(x).permute(2, 1, 0)
 
     def gradients(self, x: Tensor) -> Tensor:
         """``grad phi_k(x)`` as a dense ``(N, K, dim)`` tensor (memory ``N K dim``)."""
         g = self.slot_gradients(x)
-        out = torch.zeros(*g.shape[:2], self.dim, dtype=x.dtype)
-        idx = self.coords.unsqueeze(0).expand(g.shape[0], -1, -1)
+        out = torch.zeros(*g.shape[:2], self.dim, dtype=x.dtype, device=x.device)
+        idx = self.coords.to(x.device).unsqueeze(0).expand(g.shape[0], -1, -1)
         return out.scatter_add_(2, idx, g)
 
     def laplacians(self, x: Tensor) -> Tensor:
         """``Laplacian phi_k(x)``: ``(N, dim)`` -> ``(N, K)``."""
+        check_points(x, "x", self.dim)
         v, _, d2v = self._slots(x, 2)
         return sum(d2v[r] * self._prod_except(v, r) for r in range(self.max_active)).T
 
@@ -140,21 +151,29 @@ class HermiteBasis:
         ``u = (coord, degree)``, so with ``C[u, v] = sum coef_k`` the result is
         ``sum_p h'_p(x_l) (H (C + C^T))[(l, p)]``: one ``(N, d(D+1))^2`` matmul.
         """
-        coef = coef.to(x.dtype)
+        check_points(x, "x", self.dim)
+        if not isinstance(coef, torch.Tensor) or coef.shape != (self.size,):
+            raise ValueError(f"coef: must be a tensor of shape ({self.size},), got "
+                             f"{tuple(coef.shape) if isinstance(coef, torch.Tensor) else coef!r}")
+        return self._grad_combination(x, coef)
+
+    def _grad_combination(self, x: Tensor, coef: Tensor) -> Tensor:
+        """:meth:`grad_combination` without the argument checks."""
+        coef = coef.to(device=x.device, dtype=x.dtype)
+        b = self._on(x.device)
         if self.max_active > 2:
             g = self._slot_gradients(x) * coef.view(1, -1, 1)  # (m, K, N)
-            out = torch.zeros(self.dim, x.shape[0], dtype=x.dtype)
+            out = torch.zeros(self.dim, x.shape[0], dtype=x.dtype, device=x.device)
             for r in range(self.max_active):
-                out.index_add_(0, self.coords[:, r], g[r])
+                out.index_add_(0, b.coords[:, r], g[r])
             return out.T
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x must have shape (N, {self.dim}), got {tuple(x.shape)}")
         N, d, D1 = x.shape[0], self.dim, self.degree + 1
-        u = self.coords[:, 0] * D1 + self.degs[:, 0]
-        v = (self.coords[:, 1] * D1 + self.degs[:, 1]) if self.max_active == 2 else \
+        u = b.coords[:, 0] * D1 + b.degs[:, 0]
+        v = (b.coords[:, 1] * D1 + b.degs[:, 1]) if self.max_active == 2 else \
             torch.zeros_like(u)
-        C = torch.zeros(d * D1 * d * D1, dtype=x.dtype).index_add_(0, u * d * D1 + v, coef)
+        C = torch.zeros(d * D1 * d * D1, dtype=x.dtype, device=x.device).index_add_(
+            0, u * d * D1 + v, coef)
         C = C.view(d * D1, d * D1)
         tab = hermite_table(x, self.degree)  # (N, d, D+1)
-        y = tab.reshape(N, -1) @ (C + C.T)
+        y = tab.reshape(N, d * D1) @ (C + C.T)
         return (derivative_table(tab, 1) * y.view(N, d, D1)).sum(-1)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from samplegrad.spectral._checks import check_count, check_generator, check_nonneg, check_points
+
 
 @dataclass(frozen=True)
 class GaussianMixture:
@@ -26,16 +28,19 @@ class GaussianMixture:
         return self.means.shape[1]
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """``(n, d)`` float64 samples."""
+        """``(n, d)`` float64 samples (on the mixture's device)."""
+        n = check_count(n, "n")
+        check_generator(generator, self.means.device)
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         chol = torch.linalg.cholesky(self.covs)
-        z = torch.randn(n, self.dim, 1, dtype=torch.float64, generator=generator)
+        z = torch.randn(n, self.dim, 1, dtype=torch.float64, device=self.means.device,
+                        generator=generator)
         return self.means[comp] + (chol[comp] @ z).squeeze(-1)
 
     def ou_marginal(self, t: float) -> GaussianMixture:
-        """The law of ``x_t`` under OU started from this mixture."""
-        s = math.exp(-t)
-        eye = torch.eye(self.dim, dtype=torch.float64)
+        """The law of ``x_t`` under OU started from this mixture (``t >= 0``)."""
+        s = math.exp(-check_nonneg(t, "t"))
+        eye = torch.eye(self.dim, dtype=torch.float64, device=self.means.device)
         return GaussianMixture(self.weights, s * self.means, s * s * self.covs + (1 - s * s) * eye)
 
     def affine(self, mean: Tensor, W: Tensor) -> GaussianMixture:
@@ -45,6 +50,7 @@ class GaussianMixture:
                                W @ self.covs @ W.T)
 
     def _parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        check_points(x, "x", self.dim)
         prec = torch.linalg.inv(self.covs)  # (C, d, d)
         diff = x.to(torch.float64).unsqueeze(1) - self.means  # (N, C, d)
         pd = torch.einsum("cij,ncj->nci", prec, diff)
@@ -87,8 +93,9 @@ def random_mixture(dim: int, n_components: int = 3, separation: float = 1.5,
 
     ``standardize=True`` maps it to zero mean and identity covariance (the OU reference).
     """
-    if dim < 1 or n_components < 1:
-        raise ValueError(f"dim and n_components must be >= 1, got {dim}, {n_components}")
+    dim, n_components = check_count(dim, "dim"), check_count(n_components, "n_components")
+    separation = check_nonneg(separation, "separation")
+    seed = check_count(seed, "seed", 0)
     g = torch.Generator().manual_seed(seed)
     means = separation * torch.randn(n_components, dim, generator=g, dtype=torch.float64)
     q = torch.randn(n_components, dim, dim, generator=g, dtype=torch.float64)
@@ -100,5 +107,8 @@ def random_mixture(dim: int, n_components: int = 3, separation: float = 1.5,
 
 def relative_score_error(model_score: Tensor, true_score: Tensor) -> float:
     """``sqrt(E|s_hat - s|^2 / E|s|^2)`` over the rows (relative L2 error)."""
+    if model_score.shape != true_score.shape or model_score.ndim != 2:
+        raise ValueError(f"model_score: must have the (N, d) shape of true_score, "
+                         f"{tuple(true_score.shape)}, got {tuple(model_score.shape)}")
     num = (model_score.to(torch.float64) - true_score).pow(2).sum(1).mean()
     return float((num / true_score.pow(2).sum(1).mean()).sqrt())

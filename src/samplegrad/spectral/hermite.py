@@ -17,8 +17,8 @@ from torch import Tensor
 
 def hermite_table(x: Tensor, degree: int) -> Tensor:
     """``h_0(x) .. h_degree(x)``: ``x (...)`` -> ``(..., degree + 1)``, same dtype as ``x``."""
-    if degree < 0:
-        raise ValueError(f"degree must be >= 0, got {degree}")
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+        raise ValueError(f"degree: must be an int >= 0, got {degree!r}")
     cols = [torch.ones_like(x)]
     if degree >= 1:
         cols.append(x)
@@ -29,10 +29,12 @@ def hermite_table(x: Tensor, degree: int) -> Tensor:
 
 def derivative_table(table: Tensor, order: int = 1) -> Tensor:
     """``order``-th derivatives from a value table: ``h_n^(k) = sqrt(n!/(n-k)!) h_{n-k}``."""
+    if isinstance(order, bool) or not isinstance(order, int) or order < 0:
+        raise ValueError(f"order: must be an int >= 0, got {order!r}")
     n_max = table.shape[-1]
     out = torch.zeros_like(table)
     if order < n_max:
-        n = torch.arange(order, n_max, dtype=torch.float64)
+        n = torch.arange(order, n_max, dtype=torch.float64, device=table.device)
         scale = torch.exp(torch.lgamma(n + 1) - torch.lgamma(n - order + 1)).sqrt()
         out[..., order:] = table[..., : n_max - order] * scale.to(table.dtype)
     return out

@@ -5,11 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from samplegrad.spectral._checks import check_count, check_points, check_time
 
-def _check(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be (N, d) and (M, d), got {tuple(x.shape)}, "
-                         f"{tuple(y.shape)}")
+
+def _check(x: Tensor, y: Tensor, min_rows: int = 2) -> tuple[Tensor, Tensor]:
+    """Two finite sample sets of the same width with ``>= min_rows`` rows each (the
+    U-statistics drop the diagonal, so they need two), as float64."""
+    check_points(x, "x", min_rows=min_rows)
+    check_points(y, "y", x.shape[1], min_rows=min_rows)
+    if y.device != x.device:
+        raise ValueError(f"y: is on {y.device} but x is on {x.device}")
     return x.to(torch.float64), y.to(torch.float64)
 
 
@@ -30,6 +35,8 @@ def energy_distance(x: Tensor, y: Tensor) -> float:
 def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float | None = None) -> float:
     """Unbiased squared MMD with a Gaussian kernel; bandwidth = median pairwise distance."""
     x, y = _check(x, y)
+    if bandwidth is not None:
+        bandwidth = check_time(bandwidth, "bandwidth")
     if bandwidth is None:
         z = torch.cat([x[:1000], y[:1000]])
         bandwidth = float(torch.cdist(z, z).median())
@@ -41,12 +48,15 @@ def mmd_rbf(x: Tensor, y: Tensor, bandwidth: float | None = None) -> float:
 
 def sliced_wasserstein(x: Tensor, y: Tensor, n_projections: int = 256, seed: int = 0) -> float:
     """Sliced 2-Wasserstein distance over random unit directions (quantiles matched)."""
-    x, y = _check(x, y)
-    g = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(x.shape[1], n_projections, generator=g, dtype=torch.float64)
+    x, y = _check(x, y, min_rows=1)
+    n_projections = check_count(n_projections, "n_projections")
+    seed = check_count(seed, "seed", 0)
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    dirs = torch.randn(x.shape[1], n_projections, generator=g, dtype=torch.float64,
+                       device=x.device)
     dirs = dirs / dirs.norm(dim=0, keepdim=True)
     px, py = (x @ dirs).sort(0).values, (y @ dirs).sort(0).values
-    q = torch.linspace(0, 1, max(x.shape[0], y.shape[0]), dtype=torch.float64)
+    q = torch.linspace(0, 1, max(x.shape[0], y.shape[0]), dtype=torch.float64, device=x.device)
 
     def quant(p: Tensor) -> Tensor:
         pos = q * (p.shape[0] - 1)

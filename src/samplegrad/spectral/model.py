@@ -26,6 +26,13 @@ import torch
 from torch import Tensor
 
 from samplegrad._config import check_choice, check_int, check_real
+from samplegrad.spectral._checks import (
+    check_count,
+    check_points,
+    check_time,
+    check_time_range,
+    check_times_grid,
+)
 from samplegrad.spectral.affine import Affine
 from samplegrad.spectral.basis import HermiteBasis
 from samplegrad.spectral.system import GramTerms, gram_terms, rhs, solve_system
@@ -62,18 +69,24 @@ class SpectralConfig:
         check_real(self.clamp_sigmas, "clamp_sigmas", ge=0, allow_inf=True)
 
 
-def time_grid(t_min: float, t_max: float, n: int) -> Tensor:
-    """``n`` log-spaced times from ``t_min`` to ``t_max`` (float64, increasing)."""
-    if not 0 < t_min < t_max:
-        raise ValueError(f"need 0 < t_min < t_max, got t_min={t_min}, t_max={t_max}")
-    if n < 2:
-        raise ValueError(f"n_times must be >= 2, got {n}")
-    return torch.logspace(math.log10(t_min), math.log10(t_max), n, dtype=torch.float64)
+def time_grid(t_min: float, t_max: float, n: int,
+              device: torch.device | str | None = None) -> Tensor:
+    """``n`` log-spaced times from ``t_min`` to ``t_max`` (float64, increasing, on
+    ``device``)."""
+    t_min, t_max = check_time_range(t_min, t_max)
+    n = check_count(n, "n", 2)
+    return torch.logspace(math.log10(t_min), math.log10(t_max), n, dtype=torch.float64,
+                          device=device)
 
 
 @dataclass
 class SpectralScoreModel:
-    """Fitted coefficients ``coefs (T, K)`` on ``times (T,)``; see the module docstring."""
+    """Fitted coefficients ``coefs (T, K)`` on ``times (T,)``; see the module docstring.
+
+    Its tensors live on the device of the data it was fit on; ``score`` takes points on that
+    device, in any floating dtype (the result has the dtype of ``x``). ``t`` is a finite
+    number > 0 (times outside the fitted grid use its end points, see :meth:`coefficients`).
+    """
 
     basis: HermiteBasis
     affine: Affine
@@ -86,25 +99,43 @@ class SpectralScoreModel:
     hi: Tensor | None = None
     info: dict = field(default_factory=dict)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's tensors live (the fitted data's device)."""
+        return self.coefs.device
+
     def solve(self, t: float) -> Tensor:
         """Exact coefficients ``a(t)`` ``(K,)`` (float64) at any ``t > 0``."""
+        t = check_time(t)
         if self.terms is None:
-            return torch.exp(-float(t) * self.basis.eigenvalues) * self.c
+            return torch.exp(-t * self.basis.eigenvalues.to(self.c.device)) * self.c
         a, _ = solve_system(self.terms.matrix(t), rhs(self.basis.eigenvalues, self.c, t),
                             self.config.ridge)
         return a
 
     def coefficients(self, t: float) -> Tensor:
         """``a(t)`` interpolated linearly in ``log t`` on the grid (clamped): ``(K,)``."""
-        lt = math.log(min(max(float(t), float(self.times[0])), float(self.times[-1])))
+        t = check_time(t)
+        lt = math.log(min(max(t, float(self.times[0])), float(self.times[-1])))
         logs = self.times.log()
-        j = int(torch.searchsorted(logs, torch.tensor(lt, dtype=torch.float64)))
+        j = int(torch.searchsorted(logs, logs.new_tensor(lt)))
         j = min(max(j, 1), len(logs) - 1)
         w = (lt - float(logs[j - 1])) / float(logs[j] - logs[j - 1])
         return (1 - w) * self.coefs[j - 1] + w * self.coefs[j]
 
     def latent_score(self, y: Tensor, t: float) -> Tensor:
         """Score of the latent OU marginal ``q_t``: ``(N, k)`` -> ``(N, k)``."""
+        self._check_x(y, "y", self.basis.dim)
+        return self._latent_score(y, check_time(t))
+
+    def _check_x(self, x: Tensor, name: str, dim: int) -> None:
+        check_points(x, name, dim)
+        if x.device != self.device:
+            raise ValueError(f"{name}: is on {x.device} but the model is on {self.device}; "
+                             "move the points, or fit the model on that device")
+
+    def _latent_score(self, y: Tensor, t: float) -> Tensor:
+        """:meth:`latent_score` without the argument checks (``t`` a float)."""
         yc = y
         k = self.config.clamp_sigmas
         if k > 0 and self.lo is not None:
@@ -112,20 +143,29 @@ class SpectralScoreModel:
             sig = math.sqrt(-math.expm1(-2 * float(t)))
             lo, hi = (s * self.lo - k * sig).to(y.dtype), (s * self.hi + k * sig).to(y.dtype)
             yc = torch.maximum(torch.minimum(y, hi), lo)
-        return -y + self.basis.grad_combination(yc, self.coefficients(t))
+        return -y + self.basis._grad_combination(yc, self.coefficients(t))
 
     def score(self, x: Tensor, t: float) -> Tensor:
         """Score in data space (see :mod:`.affine`): ``(N, d)`` -> ``(N, d)``."""
-        return self.affine.score_to_data(self.latent_score(self.affine.encode(x), t))
+        self._check_x(x, "x", self.affine.W.shape[1])
+        t = check_time(t)
+        return self.affine.score_to_data(self._latent_score(self.affine.encode(x), t))
 
 
 def _check_data(data: Tensor) -> Tensor:
     if not isinstance(data, Tensor):
-        data = torch.as_tensor(data)
+        try:
+            data = torch.as_tensor(data)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise TypeError(f"data: must be a tensor (or array) of shape (N, d), got "
+                            f"{type(data).__name__}") from e
+    if data.is_complex() or data.dtype == torch.bool:
+        raise TypeError(f"data: must be real numbers, got {data.dtype}")
+    if not data.is_floating_point():
+        data = data.to(torch.float64)
     if data.ndim != 2 or data.shape[0] < 2 or data.shape[1] < 1:
-        raise ValueError(f"data must have shape (N >= 2, d >= 1), got {tuple(data.shape)}")
-    if not torch.isfinite(data).all():
-        raise ValueError("data contains NaN or inf values")
+        raise ValueError(f"data: must have shape (N >= 2, d >= 1), got {tuple(data.shape)}")
+    check_points(data, "data")
     return data
 
 
@@ -138,23 +178,35 @@ def fit(data: Tensor, basis: HermiteBasis | None = None, times: Tensor | None = 
     Raises ``ValueError`` on NaN/inf data, a basis of the wrong dimension, or fewer
     samples than basis functions; warns when the system is ill-conditioned.
     """
+    if config is not None and not isinstance(config, SpectralConfig):
+        raise TypeError(f"config: must be a SpectralConfig or None, got {type(config).__name__}")
+    unknown = sorted(set(overrides) - set(SpectralConfig.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"{unknown[0]}: not a setting of fit (SpectralConfig fields: "
+                        f"{', '.join(SpectralConfig.__dataclass_fields__)})")
     cfg = SpectralConfig(**{**asdict(config or SpectralConfig()), **overrides})
     data = _check_data(data)
+    if basis is not None and not isinstance(basis, HermiteBasis):
+        raise TypeError(f"basis: must be a HermiteBasis or None, got {type(basis).__name__}")
     t0 = time.perf_counter()
     affine = Affine.fit(data, cfg.whiten)
     y = affine.encode(data.to(torch.float64))
     if basis is None:
         basis = HermiteBasis.sparse(y.shape[1], cfg.degree, cfg.max_active)
     if basis.dim != y.shape[1]:
-        raise ValueError(f"basis has dim {basis.dim} but data has {y.shape[1]} coordinates")
+        raise ValueError(f"basis: has dim {basis.dim} but data has {y.shape[1]} coordinates")
+    basis = basis.to(y.device)
     if y.shape[0] <= basis.size:
-        raise ValueError(f"data has {y.shape[0]} samples but the basis has {basis.size} "
+        raise ValueError(f"data: has {y.shape[0]} samples but the basis has {basis.size} "
                          "functions: need more samples than basis functions (lower degree "
                          "or max_active, or add data)")
-    times = time_grid(cfg.t_min, cfg.t_max, cfg.n_times) if times is None else \
-        torch.as_tensor(times, dtype=torch.float64)
-    if times.ndim != 1 or len(times) < 2 or not (times > 0).all() or not (times.diff() > 0).all():
-        raise ValueError("times must be a 1-D increasing tensor of positive times (>= 2)")
+    if times is None:
+        times = time_grid(cfg.t_min, cfg.t_max, cfg.n_times, device=y.device)
+    else:
+        if not isinstance(times, Tensor):
+            times = torch.as_tensor(times, dtype=torch.float64, device=y.device)
+        times = check_times_grid(times.to(device=y.device, dtype=torch.float64), "times",
+                                 decreasing=False)
     c = basis.values(y).mean(0)
     t1 = time.perf_counter()
     info: dict = {"basis": basis.describe(), "n_samples": int(y.shape[0])}

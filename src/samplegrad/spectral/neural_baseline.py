@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from samplegrad._config import check_choice, check_int, check_real
 from samplegrad._optim import check_lr
 from samplegrad._progress import progress
+from samplegrad.spectral._checks import check_points, check_time
 from samplegrad.spectral.affine import Affine
 
 
@@ -80,35 +81,44 @@ class NeuralScoreModel:
 
     @torch.no_grad()
     def latent_score(self, y: Tensor, t: float) -> Tensor:
-        tt = torch.full((y.shape[0],), float(t), dtype=torch.float32)
-        sigma = math.sqrt(-math.expm1(-2 * float(t)))
+        """Score of the latent OU marginal: ``(N, k)`` -> ``(N, k)`` (dtype of ``y``)."""
+        check_points(y, "y", self.affine.W.shape[0])
+        t = check_time(t)
+        tt = torch.full((y.shape[0],), t, dtype=torch.float32, device=y.device)
+        sigma = math.sqrt(-math.expm1(-2 * t))
         return (-self.net(y.to(torch.float32), tt) / sigma).to(y.dtype)
 
     def score(self, x: Tensor, t: float) -> Tensor:
+        """Score in data space: ``(N, d)`` -> ``(N, d)``."""
+        check_points(x, "x", self.affine.W.shape[1])
         return self.affine.score_to_data(self.latent_score(self.affine.encode(x), t))
 
 
 def train_dsm(data: Tensor, config: NeuralConfig | None = None, show_progress: bool = True,
               **overrides) -> NeuralScoreModel:
     """Train the baseline on ``data (N, d)``; ``info`` holds the fit time and final loss."""
+    unknown = sorted(set(overrides) - set(NeuralConfig.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"{unknown[0]}: not a setting of train_dsm (NeuralConfig fields: "
+                        f"{', '.join(NeuralConfig.__dataclass_fields__)})")
     cfg = NeuralConfig(**{**(config or NeuralConfig()).__dict__, **overrides})
-    if data.ndim != 2 or not torch.isfinite(data).all():
-        raise ValueError("data must be a finite (N, d) tensor")
+    check_points(data, "data", min_rows=2)
     start = time.perf_counter()
-    g = torch.Generator().manual_seed(cfg.seed)
+    dev = data.device
+    g = torch.Generator(device=dev).manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     affine = Affine.fit(data, cfg.whiten)
     y0 = affine.encode(data.to(torch.float64)).to(torch.float32)
-    net = ScoreMLP(y0.shape[1], cfg.hidden, cfg.layers)
+    net = ScoreMLP(y0.shape[1], cfg.hidden, cfg.layers).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     lo, hi = math.log(cfg.t_min), math.log(cfg.t_max)
     ema = None
     bar = progress(range(cfg.steps), desc="DSM training", disable=None if show_progress else True)
     for _ in bar:
-        idx = torch.randint(0, y0.shape[0], (cfg.batch,), generator=g)
-        t = torch.exp(lo + (hi - lo) * torch.rand(cfg.batch, generator=g))
-        z = torch.randn(cfg.batch, y0.shape[1], generator=g)
+        idx = torch.randint(0, y0.shape[0], (cfg.batch,), generator=g, device=dev)
+        t = torch.exp(lo + (hi - lo) * torch.rand(cfg.batch, generator=g, device=dev))
+        z = torch.randn(cfg.batch, y0.shape[1], generator=g, device=dev)
         s = torch.exp(-t).unsqueeze(1)
         yt = s * y0[idx] + (1 - s * s).sqrt() * z
         loss = (net(yt, t) - z).pow(2).sum(1).mean()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from samplegrad.spectral._checks import check_nonneg, check_points
 from samplegrad.spectral.basis import HermiteBasis
 from samplegrad.spectral.hermite import hermite_table, linearization_table
 
@@ -30,12 +31,13 @@ def hermite_moments(data: Tensor, coords: Tensor, degs: Tensor, chunk: int = 4_0
     """
     x = data.to(torch.float64)
     N = x.shape[0]
+    coords, degs = coords.to(x.device), degs.to(x.device)
     deg = int(degs.max()) if degs.numel() else 0
     rows = hermite_table(x, deg).permute(1, 2, 0).reshape(-1, N)  # (d * (deg+1), N)
     flat = coords * (deg + 1) + degs  # (G, S)
     G, S = flat.shape
     step = max(1, chunk // max(1, N * S))
-    out = torch.empty(G, dtype=torch.float64)
+    out = torch.empty(G, dtype=torch.float64, device=x.device)
     for s in range(0, G, step):
         idx = flat[s:s + step]
         vals = rows.index_select(0, idx.reshape(-1)).view(idx.shape[0], S, N)
@@ -48,10 +50,19 @@ def ou_expectation(data: Tensor, multi_indices: Tensor, coef: Tensor, t: float) 
 
     ``multi_indices (G, d)`` dense, ``coef (G,)``: ``sum_g coef_g e^{-|g| t} E_data[phi_g]``.
     """
-    mi = multi_indices.to(torch.int64)
+    check_points(data, "data", min_rows=1)
+    t = check_nonneg(t, "t")
+    if multi_indices.ndim != 2 or multi_indices.shape[1] != data.shape[1]:
+        raise ValueError(f"multi_indices: must have shape (G, {data.shape[1]}), got "
+                         f"{tuple(multi_indices.shape)}")
+    if coef.shape != multi_indices.shape[:1]:
+        raise ValueError(f"coef: must have shape ({multi_indices.shape[0]},), got "
+                         f"{tuple(coef.shape)}")
+    mi = multi_indices.to(device=data.device, dtype=torch.int64)
     order = torch.argsort((mi > 0).to(torch.int8), dim=1, descending=True, stable=True)
     mom = hermite_moments(data, order, mi.gather(1, order))
-    return (coef.to(torch.float64) * torch.exp(-t * mi.sum(1).to(torch.float64)) * mom).sum()
+    return (coef.to(device=data.device, dtype=torch.float64)
+            * torch.exp(-t * mi.sum(1).to(torch.float64)) * mom).sum()
 
 
 @dataclass(frozen=True)
@@ -68,8 +79,10 @@ class GramTerms:
     def matrix(self, t: float) -> Tensor:
         """``A(t)`` as a dense symmetric ``(K, K)`` float64 matrix."""
         K = self.size
-        w = self.value * torch.exp(-float(t) * self.power.to(torch.float64))
-        M = torch.zeros(K * K, dtype=torch.float64).index_add_(0, self.rows * K + self.cols, w)
+        t = check_nonneg(t, "t")
+        w = self.value * torch.exp(-t * self.power.to(torch.float64))
+        M = torch.zeros(K * K, dtype=torch.float64, device=self.value.device).index_add_(
+            0, self.rows * K + self.cols, w)
         M = M.view(K, K)
         return M + M.T
 
@@ -98,7 +111,7 @@ def _pairs(iss: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     for n in counts.tolist():
         if n:
             grp = order[start:start + n]
-            tri = torch.triu_indices(n, n)
+            tri = torch.triu_indices(n, n, device=iss.device)
             firsts.append(grp[tri[0]])
             seconds.append(grp[tri[1]])
         start += n
@@ -113,20 +126,26 @@ def _expand_branches(mn: Tensor) -> tuple[Tensor, Tensor]:
     Returns ``src (P',)`` (row of each expansion) and ``rr (P', m)``.
     """
     P, m = mn.shape
-    src = torch.arange(P)
-    rr = torch.zeros(P, 0, dtype=torch.int64)
+    dev = mn.device
+    src = torch.arange(P, device=dev)
+    rr = torch.zeros(P, 0, dtype=torch.int64, device=dev)
     for r in range(m):
         counts = mn[src, r] + 1
-        new_src = torch.repeat_interleave(torch.arange(src.shape[0]), counts)
+        new_src = torch.repeat_interleave(torch.arange(src.shape[0], device=dev), counts)
         starts = torch.cumsum(counts, 0) - counts
-        branch = torch.arange(new_src.shape[0]) - starts[new_src]
+        branch = torch.arange(new_src.shape[0], device=dev) - starts[new_src]
         rr = torch.cat([rr[new_src], branch.unsqueeze(1)], 1)
         src = src[new_src]
     return src, rr
 
 
 def gram_terms(basis: HermiteBasis, data: Tensor, chunk: int = 2_000_000) -> GramTerms:
-    """Expand ``A(t)`` for ``basis`` into data moments (see module docstring). Data ``(N, d)``."""
+    """Expand ``A(t)`` for ``basis`` into data moments (see module docstring). Data ``(N, d)``;
+    everything is computed on the data's device."""
+    if not isinstance(basis, HermiteBasis):
+        raise TypeError(f"basis: must be a HermiteBasis, got {type(basis).__name__}")
+    check_points(data, "data", basis.dim, min_rows=1)
+    basis = basis.to(data.device)
     K, d, m = basis.size, basis.dim, basis.max_active
     ks, iss, ws, ucs, uds = _derivative_entries(basis)
     e1, e2, half = _pairs(iss)
@@ -138,7 +157,7 @@ def gram_terms(basis: HermiteBasis, data: Tensor, chunk: int = 2_000_000) -> Gra
     src, rr = _expand_branches(torch.minimum(du, dvm))
     # gamma in compact form: u's slots absorb the shared coordinates of v
     a, b, r2 = du[src], dvm[src], rr
-    L = linearization_table(basis.degree)
+    L = linearization_table(basis.degree).to(data.device)
     coef = L[a, b, a + b - 2 * r2].prod(-1)
     g_deg = torch.cat([a + b - 2 * r2, dv[src] * (~match.any(1))[src]], 1)  # (P', 2m)
     g_crd = torch.cat([cu[src], cv[src]], 1)
@@ -146,7 +165,7 @@ def gram_terms(basis: HermiteBasis, data: Tensor, chunk: int = 2_000_000) -> Gra
     code = torch.where(g_deg > 0, g_crd * base + g_deg, 0)
     S = min(2 * m - 1, d)
     code = code.sort(1, descending=True).values[:, :S]
-    radix = (d * base + 1) ** torch.arange(S, dtype=torch.int64)
+    radix = (d * base + 1) ** torch.arange(S, dtype=torch.int64, device=data.device)
     ukeys, inv = torch.unique((code * radix).sum(1), return_inverse=True)
     ucode = (ukeys.unsqueeze(1) // radix) % (d * base + 1)  # (G, S)
     ucrd, udeg = torch.where(ucode > 0, (ucode - 1) // base, 0), torch.where(
@@ -157,7 +176,8 @@ def gram_terms(basis: HermiteBasis, data: Tensor, chunk: int = 2_000_000) -> Gra
     rows, cols = ks[e1][src], ks[e2][src]
     key = (rows * K + cols) * (2 * basis.degree + 1) + power
     ukey, kinv = torch.unique(key, return_inverse=True)
-    val = torch.zeros(ukey.shape[0], dtype=torch.float64).index_add_(0, kinv, value)
+    val = torch.zeros(ukey.shape[0], dtype=torch.float64, device=data.device).index_add_(
+        0, kinv, value)
     pw = ukey % (2 * basis.degree + 1)
     rc = ukey // (2 * basis.degree + 1)
     return GramTerms(K, rc // K, rc % K, pw, val, int(ukeys.shape[0]))
@@ -165,8 +185,12 @@ def gram_terms(basis: HermiteBasis, data: Tensor, chunk: int = 2_000_000) -> Gra
 
 def rhs(eigenvalues: Tensor, c: Tensor, t: float) -> Tensor:
     """``b_j(t) = lambda_j e^{-lambda_j t} c_j`` (float64)."""
+    t = check_nonneg(t, "t")
+    if c.shape != eigenvalues.shape:
+        raise ValueError(f"c: must have the shape of eigenvalues, {tuple(eigenvalues.shape)}, "
+                         f"got {tuple(c.shape)}")
     lam = eigenvalues.to(torch.float64)
-    return lam * torch.exp(-float(t) * lam) * c.to(torch.float64)
+    return lam * torch.exp(-t * lam) * c.to(device=lam.device, dtype=torch.float64)
 
 
 def solve_system(A: Tensor, b: Tensor, ridge: float, check_cond: bool = False,
@@ -177,16 +201,22 @@ def solve_system(A: Tensor, b: Tensor, ridge: float, check_cond: bool = False,
     ``check_cond`` (an eigendecomposition) or when Cholesky fails (then a least-squares
     solve is used and ``cond`` is ``inf`` for an indefinite matrix), else ``nan``.
     """
+    ridge = check_nonneg(ridge, "ridge")
+    if A.ndim != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"A: must be a square matrix, got shape {tuple(A.shape)}")
+    if b.shape != A.shape[:1]:
+        raise ValueError(f"b: must have shape ({A.shape[0]},), got {tuple(b.shape)}")
     A = A.to(torch.float64)
     K = A.shape[0]
-    Ar = A + (ridge * A.diagonal().mean().clamp_min(1e-300)) * torch.eye(K, dtype=A.dtype)
+    Ar = A + (ridge * A.diagonal().mean().clamp_min(1e-300)) * torch.eye(K, dtype=A.dtype,
+                                                                        device=A.device)
     cond = math.nan
     if check_cond:
         ev = torch.linalg.eigvalsh(Ar)
         cond = float(ev[-1] / ev[0]) if ev[0] > 0 else math.inf
     L, info = torch.linalg.cholesky_ex(Ar)
     if int(info) == 0:
-        return torch.cholesky_solve(b.to(torch.float64).unsqueeze(1), L).squeeze(1), cond
+        return torch.cholesky_solve(b.to(A).unsqueeze(1), L).squeeze(1), cond
     ev = torch.linalg.eigvalsh(Ar)
     cond = float(ev[-1] / ev[0]) if ev[0] > 0 else math.inf
-    return torch.linalg.lstsq(Ar, b.to(torch.float64).unsqueeze(1)).solution.squeeze(1), cond
+    return torch.linalg.lstsq(Ar, b.to(A).unsqueeze(1)).solution.squeeze(1), cond

@@ -22,7 +22,9 @@ that is alive at once; ``graph_kib`` in the JSON counts the weights too);
 (the same for both); ``peak RSS`` (optional, ``--rss``) = peak resident memory of a fresh
 subprocess running a few theta steps, minus its resident memory before the first one.
 Results are written after every run (``runs/finetune/finetune.json``; ``--publish``:
-``docs/results/finetune/``); a rerun with the same settings skips the runs already there.
+``docs/results/finetune/``); a rerun with the same settings skips the runs already there (an
+interrupted run resumes and writes the same files, timings and memory probes aside; the
+sample images of finished runs are cached for its grids); ``--fresh`` reruns them all.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from samplegrad.checkpoint import CheckpointError, load_cache, remove_checkpoint, save_checkpoint
 from samplegrad.diffusion import SamplerSchedule, draw_noise, sample_path, sampling_schedule
 from samplegrad.implicit.finetune import (
     FinetuneConfig,
@@ -67,6 +70,7 @@ from samplegrad_bench._common import (
     write_json,
 )
 from samplegrad_bench.data import load_digits
+from samplegrad_bench.paths import cache_dir
 from samplegrad_bench.runners.train_ddpm import QUICK, default_weights, load_ddpm, train_ddpm
 from samplegrad_bench.tasks.rewards import brightness, digit_classifier, digit_log_prob
 
@@ -111,7 +115,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="target digit of the digit reward (default 3)")
     p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=None,
                    help="peak-RSS probes in subprocesses (default: on, off with --quick)")
-    p.add_argument("--fresh", action="store_true", help="ignore results already on disk")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: rerun every run (by default a rerun with the same settings "
+                        "skips the runs already in the JSON and runs the rest)")
 
 
 # ---------------------------------------------------------------- setup
@@ -193,11 +199,11 @@ def run_method(method: str, model, ref_params, sched, reward_fn, cfg: FinetuneCo
     init_time = 0.0
     if method == "implicit":
         with Timer() as t:
-            state = finetune_init(model, sched, cfg)
+            state = finetune_init(model, sched, cfg, 64)
         init_time = t.seconds
         step = lambda s: finetune_step(s, model, sched, reward_fn, cfg)  # noqa: E731
     else:
-        state = unrolled_init(model, cfg)
+        state = unrolled_init(model, cfg, 64)
         step = lambda s: unrolled_step(s, model, sched, reward_fn, cfg)  # noqa: E731
     trace, times = [], []
     for _ in progress(range(steps), desc=desc):
@@ -383,6 +389,37 @@ def _same_settings(a: dict, b: dict) -> bool:
         {k: v for k, v in b.items() if k not in drop}
 
 
+def _images_path(json_path: Path, meta: dict) -> Path:
+    """The cache file of a run's sample images (the grids of a resumed run need the samples
+    of the runs finished before the interrupt), keyed by output file, settings and weights."""
+    import hashlib
+    import json
+
+    settings = {k: v for k, v in meta["settings"].items() if k not in ("n_steps",
+                                                                      "digit_n_steps")}
+    key = json.dumps({"out": str(json_path.resolve()), "settings": settings,
+                      "weights": meta["weights"]}, sort_keys=True, default=str)
+    return cache_dir("finetune") / f"images_{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+
+
+def _image_key(key: tuple) -> str:
+    return "|".join(map(str, key))
+
+
+def _read_results(path: Path) -> dict:
+    """The results JSON to resume from; a damaged one is a :class:`CheckpointError` (the
+    command line adds the ``--fresh`` hint)."""
+    import json
+
+    try:
+        old = json.loads(path.read_text())
+        if not isinstance(old, dict) or not isinstance(old.get("rows"), list):
+            raise ValueError("no 'rows' entry")
+        return old
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(path, [(path, f"unreadable results ({e})")]) from None
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or 1)
     bench = _settings(args)
@@ -402,12 +439,17 @@ def run(args: argparse.Namespace) -> dict:
           f"distance to the nearest training digit: {data_nn:.3f}")
 
     done: dict = {}
-    if json_path.exists() and not args.fresh:
-        import json
-
-        old = json.loads(json_path.read_text())
+    images_path = _images_path(json_path, meta)
+    if args.fresh:
+        remove_checkpoint(images_path)
+    elif json_path.exists():
+        old = _read_results(json_path)
         if _same_settings(old.get("meta", {}).get("settings", {}), meta["settings"]):
             done = {(r["reward_name"], r["T"], r["method"]): r for r in old["rows"]}
+    images: dict[str, Tensor] = {}  # samples of every finished run, for the grids of a rerun
+    if done:
+        images = (load_cache(images_path, check=lambda b: b["images"].items()) or
+                  {"images": {}})["images"]
     grids: dict[str, dict[str, Tensor]] = {}
     jobs = [("brightness", t) for t in bench.n_steps]
     jobs += [("digit", t) for t in bench.digit_n_steps]
@@ -432,8 +474,11 @@ def run(args: argparse.Namespace) -> dict:
         grids[key_grid] = {"pretrained": img0}
         for method in METHODS:
             key = (reward_name, t_total, method)
+            label = f"{method} (after {bench.theta_steps} steps)"
             if key in done:
                 rows.append(done[key])
+                if _image_key(key) in images:
+                    grids[key_grid][label] = images[_image_key(key)]
                 print(f"  {key}: already measured, skipped (use --fresh to redo)")
                 continue
             params, meas, trace = run_method(
@@ -441,7 +486,8 @@ def run(args: argparse.Namespace) -> dict:
                 f"{reward_name} T={t_total} {method}", reps=bench.timing_reps)
             after, img = evaluate(model, params, ref, sched, noise, reward_fn, classifier,
                                   bench.digit, train_x)
-            grids[key_grid][f"{method} (after {bench.theta_steps} steps)"] = img
+            grids[key_grid][label] = img
+            images[_image_key(key)] = img
             row = {"reward_name": reward_name, "T": t_total, "method": method,
                    "reward_before": before["reward"], **after, **meas,
                    "p_digit_before": before["p_digit"], "conf_before": before["confidence"],
@@ -452,8 +498,9 @@ def run(args: argparse.Namespace) -> dict:
                                                                            not args.quick):
                 row["peak_rss_mib"] = peak_rss_probe(method, weights, t_total, bench.finetune)
             rows.append(row)
+            save_checkpoint(images_path, {"images": images})
             dump()  # after every run: an interrupt loses at most the run under way
-        if len(grids[key_grid]) > 1:
+        if len(grids[key_grid]) == 1 + len(METHODS):  # never a partial grid over a full one
             save_grids(out / f"samples_{reward_name}_T{t_total}{'_quick' if args.quick else ''}"
                        ".png", grids[key_grid],
                        f"{reward_name}: samples on the same noise, T={t_total}")

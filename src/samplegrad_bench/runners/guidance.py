@@ -24,9 +24,18 @@ from pathlib import Path
 
 import torch
 
+from samplegrad.checkpoint import CheckpointError
 from samplegrad.discrete import GuidanceConfig, guided_logits, load_model, make_guide, sample
 from samplegrad.discrete.sampler import initial_tokens
-from samplegrad_bench._args import MissingInputError, UsageError, comma_list, positive_int
+from samplegrad_bench._args import (
+    MissingInputError,
+    UsageError,
+    comma_list,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+)
 from samplegrad_bench._common import (
     Timer,
     markdown_table,
@@ -259,13 +268,30 @@ def _override(cfg: BenchConfig, items: list[str]) -> BenchConfig:
         if not sep or name not in BenchConfig.__dataclass_fields__ or name == "knobs":
             raise UsageError(f"--set wants FIELD=VALUE with a BenchConfig field; got {item!r}")
         old = getattr(cfg, name)
-        if isinstance(old, bool):
-            changes[name] = value.lower() in ("1", "true", "yes")
-        elif isinstance(old, tuple):
-            changes[name] = tuple(v for v in value.split(",") if v)
-        else:
-            changes[name] = type(old)(value)
+        try:
+            changes[name] = _set_value(name, old, value)
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"--set {name}: {e}") from None
     return replace(cfg, **changes)
+
+
+def _set_value(name: str, old: object, value: str) -> object:
+    """``value`` converted like the field ``name`` (numbers checked as the flags are)."""
+    if isinstance(old, bool):
+        if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+            raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+        return value.lower() in ("1", "true", "yes")
+    if isinstance(old, tuple):
+        return tuple(v for v in value.split(",") if v)
+    if isinstance(old, int):
+        got = nonneg_int(value) if name in ("puzzle_seed", "target_digit") else \
+            positive_int(value)
+        if name == "target_digit" and got > 9:
+            raise argparse.ArgumentTypeError(f"must be a digit 0-9, got {value!r}")
+        return got
+    if isinstance(old, float):
+        return nonneg_float(value) if name.endswith("kl_weight") else positive_float(value)
+    return value
 
 
 def _checkpoint(ckpt_dir: Path | None, task: str, stage: str, quick: bool) -> Path:
@@ -312,9 +338,18 @@ def run(args: argparse.Namespace) -> dict:
     out_dir = args.out
     suffix = _suffix(args)
     knobs = {m: {**default_knobs(m), **cfg.knobs.get(m, {})} for m in methods if m != UNGUIDED}
-    for task in tasks:  # a missing checkpoint fails here, before any work
+    for task in tasks:  # a missing or damaged checkpoint fails here, before any work
         for stage in cfg.checkpoints:
-            _checkpoint(args.checkpoint, task, stage, args.quick)
+            path = _checkpoint(args.checkpoint, task, stage, args.quick)
+            try:
+                load_model(path)
+            except CheckpointError as e:
+                from samplegrad_bench.runners.train_mdm import default_ckpt_dir
+
+                where = (f" --checkpoint {args.checkpoint}" if args.checkpoint else
+                         " --quick" if path.is_relative_to(default_ckpt_dir(quick=True)) else "")
+                e.hint = f"`samplegrad train-mdm --task {task}{where} --fresh`"
+                raise
     settings = {"bench": asdict(cfg), "estimator_knobs": knobs, "seed": args.seed,
                 "threads": torch.get_num_threads()}
     print("settings:", settings)

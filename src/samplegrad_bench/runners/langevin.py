@@ -85,7 +85,7 @@ def _config(args: argparse.Namespace) -> LangevinBenchConfig:
 
 
 def _one_step_saved_bytes(step_fn, cfg, theta0: torch.Tensor, seed: int, **init_kw) -> int:
-    state = init(mixture_potential, theta0, cfg, dim=2, seed=seed, **init_kw)
+    state = init(mixture_potential, theta0, cfg, shape=2, seed=seed, **init_kw)
     with saved_tensor_bytes() as m:
         step_fn(state, mixture_potential, hexagon_reward, cfg)
     return m["bytes"]
@@ -108,7 +108,7 @@ def _interleaved_ms(plan: list, theta0: torch.Tensor, bench: LangevinBenchConfig
     ~the same duration per method), so that a changing machine load hits all alike."""
     states, times = {}, {name: [] for name, *_ in plan}
     for name, fn, cfg, _, kw, _inner in plan:
-        states[name] = init(mixture_potential, theta0, cfg, dim=2, seed=bench.seed, **kw)
+        states[name] = init(mixture_potential, theta0, cfg, shape=2, seed=bench.seed, **kw)
         states[name], _ = fn(states[name], mixture_potential, hexagon_reward, cfg)  # warm-up
     for _ in range(rounds):
         for name, fn, cfg, n_steps, _, inner in plan:
@@ -123,7 +123,7 @@ def _interleaved_ms(plan: list, theta0: torch.Tensor, bench: LangevinBenchConfig
 def _run(name: str, step_fn, cfg: LangevinConfig, n_steps: int, theta0: torch.Tensor,
          bench: LangevinBenchConfig, **init_kw) -> dict:
     state, hist = fit(mixture_potential, hexagon_reward, theta0, cfg, n_steps, step_fn=step_fn,
-                      dim=2, seed=bench.seed, desc=f"langevin: {name}", **init_kw)
+                      shape=2, seed=bench.seed, desc=f"langevin: {name}", **init_kw)
     thetas = torch.tensor(hist["theta"], dtype=torch.float64)
     exact = mixture_reward(thetas)
     every = max(1, len(thetas) // 100)
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> dict:
     payload["start"] = {"exact E[R]": float(mixture_reward(theta0)),
                         "max exact E[R]": float(component_rewards().max()),
                         "component rewards": component_rewards().tolist()}
-    x0 = init(mixture_potential, theta0, implicit_cfg, dim=2, seed=bench.seed).x
+    x0 = init(mixture_potential, theta0, implicit_cfg, shape=2, seed=bench.seed).x
     payload["plots"] = [str(p) for p in _plot(runs, theta0, x0, out)]
     write_json(out / "langevin.json", payload)
 

@@ -5,7 +5,8 @@ Minimize ``E[mean_d |x_d - 0.45|^p]`` over ``L`` binary variables with Adam on f
 separate seed (fewer steps), then the chosen setting runs on every evaluation seed. The score
 is the exact expected loss at the final logits (closed form, no sampling noise) and its gap to
 the optimum ``0.45^p``. REINFORCE uses an exponential moving average of past batch losses as
-its baseline. Finished runs are cached under ``--cache`` so an interrupted run resumes.
+its baseline. Finished runs are cached under ``--cache`` so an interrupted run resumes (and
+writes the same files, timings aside); ``--fresh`` reruns them all.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import argparse
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from samplegrad.checkpoint import CheckpointWarning
 from samplegrad_bench._args import (
     comma_list,
     float_list,
@@ -115,25 +118,33 @@ def optimize(name: str, knobs: dict[str, Any], power: float, seed: int, *, n_var
             "seconds": t.seconds, "curve_steps": curve_steps, "curve": curve}
 
 
-def _cached(cache: Path | None, key: dict[str, Any], fn) -> dict[str, Any]:
-    """``fn()``, memoized as JSON under ``cache`` by ``key`` (no cache when ``cache`` is None)."""
+def _cached(cache: Path | None, key: dict[str, Any], fn, fresh: bool = False) -> dict[str, Any]:
+    """``fn()``, memoized as JSON under ``cache`` by ``key`` (no cache when ``cache`` is None;
+    ``fresh``: recomputed and overwritten). A damaged entry is recomputed with a warning."""
     if cache is None:
         return fn()
     h = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / f"{key['estimator']}-{h}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    if path.exists() and not fresh:
+        try:
+            out = json.loads(path.read_text())
+            if not isinstance(out, dict) or "final" not in out:
+                raise ValueError("not a finished run")
+            return out
+        except (ValueError, UnicodeDecodeError) as e:
+            warnings.warn(f"cache {path} is unusable ({e}); running it again",
+                          CheckpointWarning, stacklevel=2)
     out = fn()
     write_json(path, out)
     return out
 
 
 def _run(name: str, knobs: dict, power: float, seed: int, steps: int, cfg: PolyProgConfig,
-         cache: Path | None) -> dict[str, Any]:
+         cache: Path | None, fresh: bool = False) -> dict[str, Any]:
     kw = {"n_vars": cfg.n_vars, "batch": cfg.batch, "steps": steps, "lr": cfg.lr,
           "log_every": cfg.log_every}
     key = {"estimator": name, "knobs": knobs, "power": power, "seed": seed, **kw}
-    return _cached(cache, key, lambda: optimize(name, knobs, power, seed, **kw))
+    return _cached(cache, key, lambda: optimize(name, knobs, power, seed, **kw), fresh)
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -148,8 +159,10 @@ def knob_str(knobs: dict[str, Any]) -> str:
 
 
 def benchmark(cfg: PolyProgConfig, names: list[str], cache: Path | None = None,
-              on_update=None) -> dict[str, Any]:
-    """Sweep then evaluate every estimator in ``names`` at every power; returns the results."""
+              on_update=None, fresh: bool = False) -> dict[str, Any]:
+    """Sweep then evaluate every estimator in ``names`` at every power; returns the results.
+
+    Finished runs are memoized in ``cache`` (a rerun resumes; ``fresh``: rerun them all)."""
     result: dict[str, Any] = {"config": asdict(cfg), "sweep": [], "runs": [], "rows": []}
     sweep_powers = cfg.powers if cfg.sweep_power is None else (cfg.sweep_power,)
     total = (sum(len(knob_grid(n)) for n in names) * len(sweep_powers)
@@ -163,7 +176,8 @@ def benchmark(cfg: PolyProgConfig, names: list[str], cache: Path | None = None,
             if (name, sp) not in chosen:
                 sweep = []
                 for knobs in knob_grid(name):
-                    r = _run(name, knobs, sp, cfg.sweep_seed, cfg.sweep_steps, cfg, cache)
+                    r = _run(name, knobs, sp, cfg.sweep_seed, cfg.sweep_steps, cfg, cache,
+                             fresh)
                     sweep.append({k: r[k] for k in ("estimator", "knobs", "power", "final")})
                     bar.update()
                 chosen[(name, sp)] = min(sweep, key=lambda r: r["final"])["knobs"]
@@ -171,7 +185,7 @@ def benchmark(cfg: PolyProgConfig, names: list[str], cache: Path | None = None,
             best = chosen[(name, sp)]
             runs = []
             for seed in cfg.seeds:
-                runs.append(_run(name, best, power, seed, cfg.steps, cfg, cache))
+                runs.append(_run(name, best, power, seed, cfg.steps, cfg, cache, fresh))
                 bar.update()
             result["runs"] += runs
             m, sd = _mean_std([r["final"] for r in runs])
@@ -255,7 +269,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="NAME,...", help="comma list of estimators (default: all)")
     p.add_argument("--cache", type=str, default=None,
                    help="folder of finished runs, for resuming (default: the user cache's "
-                        "polyprog/; '' disables)")
+                        "polyprog/; '' disables); a rerun reuses the runs finished there")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: rerun every run and overwrite its cache entry")
 
 
 def config_from_args(args: argparse.Namespace) -> PolyProgConfig:
@@ -284,7 +300,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                 "curve_steps": r["curve_steps"][::5]}
                                                for r in res["runs"]]})
 
-    result = benchmark(cfg, names, cache, on_update=save)
+    result = benchmark(cfg, names, cache, on_update=save, fresh=args.fresh)
     save(result)
     print()
     print(tables(result, cfg))

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from samplegrad.checkpoint import CheckpointError
 from samplegrad.spectral import (
     Affine,
     fit,
@@ -435,7 +436,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     path = out / ("spectral_quick.json" if args.quick else "spectral.json")
     res: dict[str, Any] = {}
     if path.exists() and set(sections) != set(ALL_SECTIONS):  # a partial rerun: merge
-        res = json.loads(path.read_text())
+        try:
+            res = json.loads(path.read_text())
+            if not isinstance(res, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(path, [(path, f"unreadable results to merge into ({e})")],
+                                  hint="`samplegrad bench spectral` (every section) after "
+                                       f"deleting {path}") from None
     res.update({"config": asdict(cfg), "quick": bool(args.quick), "seed": args.seed,
                 "threads": torch.get_num_threads()})
     print("config:", asdict(cfg))

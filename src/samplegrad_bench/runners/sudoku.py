@@ -17,6 +17,10 @@ Commands (results under ``runs/sudoku/``; ``--publish``: ``docs/results/sudoku/`
     samplegrad bench sudoku --sweep --threads 1   # knob sweep on a disjoint set -> sweep.json
     samplegrad bench sudoku --tuned --threads 1   # 3 x 34 puzzles, 1000 steps -> sudoku.json
     samplegrad bench sudoku --quick               # 3 x 4 puzzles, 100 steps -> sudoku_quick.json
+
+The JSON is rewritten after every estimator; a rerun with the same settings reuses the
+estimators already in it (an interrupted run resumes and writes the same files, timings
+aside); ``--fresh`` starts over.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 import torch
 
+from samplegrad.checkpoint import CheckpointError
 from samplegrad_bench._args import (
     MissingInputError,
     comma_list,
@@ -298,8 +303,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=positive_float, default=0.1, help="Adam learning rate")
     p.add_argument("--sf-joint", action="store_true",
                    help="score-function estimators see the summed penalty of all puzzles")
-    p.add_argument("--resume", action="store_true",
-                   help="reuse estimators already in OUT/sudoku.json (same settings)")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: ignore the estimators already in OUT/TAG.json (by "
+                        "default a rerun with the same settings reuses them and runs the rest)")
+    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the default now
     p.add_argument("--sweep", action="store_true",
                    help="knob sweep (SWEEP) on a disjoint puzzle set (seed + 1000), default 4 "
                         "puzzles per difficulty, 300 and 1000 steps; writes OUT/sweep.json")
@@ -390,10 +397,8 @@ def run(args: argparse.Namespace) -> dict:
     settings = asdict(cfg)
     settings["knobs"] = {n: method_knobs(n, cfg.knobs) for n in names}
     results: dict[str, Any] = {}
-    if getattr(args, "resume", False) and json_path.exists():
-        import json
-
-        old = json.loads(json_path.read_text())
+    if not getattr(args, "fresh", False) and json_path.exists():
+        old = _read_results(json_path)
         same = {k: v for k, v in old.get("settings", {}).items() if k != "methods"}
         mine = {k: v for k, v in _plain(settings).items() if k != "methods"}
         if same == mine:
@@ -419,6 +424,20 @@ def run(args: argparse.Namespace) -> dict:
     write_json(json_path, out)
     plot(results, cfg, out_dir / f"{tag}_solved.png")
     return out
+
+
+def _read_results(path: Path) -> dict[str, Any]:
+    """A results JSON to resume from; a damaged one is a :class:`CheckpointError` (the
+    command line adds the ``--fresh`` hint)."""
+    import json
+
+    try:
+        old = json.loads(path.read_text())
+        if not isinstance(old, dict) or not isinstance(old.get("results"), dict):
+            raise ValueError("no 'results' entry")
+        return old
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(path, [(path, f"unreadable results ({e})")]) from None
 
 
 def _plain(obj: Any) -> Any:

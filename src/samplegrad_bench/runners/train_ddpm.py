@@ -8,23 +8,33 @@ learning rate, an EMA of the weights (the EMA is what gets saved). Writes the we
 :func:`samplegrad_bench.paths.cache_dir`; ``--checkpoint FILE`` elsewhere), where
 `bench finetune` looks for them, and a summary JSON to ``runs/train-ddpm/`` (``--publish``:
 ``docs/results/finetune/``). A resumable training checkpoint ``<weights>.ckpt`` is written
-every ``--ckpt-every`` steps and picked up by a rerun with the same settings, so an interrupt
-loses at most that many steps.
+every ``--ckpt-every`` steps (the previous one kept as ``.ckpt.prev``) and on Ctrl-C, and picked
+up by a rerun with the same settings: a resumed run writes exactly the files an uninterrupted
+one writes (the ``seconds`` field aside). ``--fresh`` deletes them and starts over.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from samplegrad.checkpoint import save_checkpoint
+from samplegrad.checkpoint import (
+    DeferredInterrupt,
+    load_checkpoint,
+    read_training_state,
+    remove_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    save_training_state,
+)
 from samplegrad.diffusion import EpsMLP, ddpm_loss, linear_alpha_bars
 from samplegrad_bench._args import positive_int
-from samplegrad_bench._common import Timer, progress, write_json
+from samplegrad_bench._common import progress, write_json
 from samplegrad_bench.data import load_digits
 from samplegrad_bench.paths import cache_dir
 
@@ -57,13 +67,22 @@ def build_model(cfg: DDPMTrainConfig) -> EpsMLP:
 
 
 def train_ddpm(cfg: DDPMTrainConfig, weights: Path | None = None, *,
-               ckpt_every: int = 500, verbose: bool = True) -> dict:
+               ckpt_every: int = 500, verbose: bool = True, fresh: bool = False) -> dict:
     """Train (or resume) and write ``weights`` (default :func:`default_weights`); returns a
-    summary dict."""
+    summary dict.
+
+    The resumable checkpoint ``<weights>.ckpt`` (and ``.ckpt.prev``, the one before) holds
+    the model, its EMA, Adam, the LR schedule, the minibatch/noise generator, the global RNG
+    streams, the step, the logged losses and the smoothed loss, so a resumed run writes
+    exactly what an uninterrupted one writes. Ctrl-C saves a checkpoint of the last finished
+    step before stopping. ``fresh``: delete existing checkpoints first.
+    """
     if cfg.steps < 1:
         raise ValueError(f"cfg.steps must be >= 1, got {cfg.steps}")
     weights = default_weights() if weights is None else Path(weights)
     ckpt = weights.with_name(weights.name + ".ckpt")
+    if fresh:
+        remove_checkpoint(ckpt)
     torch.manual_seed(cfg.seed)
     x = load_digits("train")[0] * 2.0 - 1.0
     alpha_bars = linear_alpha_bars(cfg.n_train)
@@ -72,30 +91,28 @@ def train_ddpm(cfg: DDPMTrainConfig, weights: Path | None = None, *,
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
     gen = torch.Generator().manual_seed(cfg.seed)
-    start, losses = 0, []
-    if ckpt.exists():
-        blob = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if blob["config"] == asdict(cfg):
-            model.load_state_dict(blob["model"])
-            ema.load_state_dict(blob["ema"])
-            opt.load_state_dict(blob["opt"])
-            sched.load_state_dict(blob["sched"])
-            gen.set_state(blob["gen"])
-            start, losses = blob["step"], blob["losses"]
+    stateful = {"model": model, "ema": ema, "opt": opt, "sched": sched, "gen": gen}
+    start, losses, running, prior_seconds = 0, [], float("nan"), 0.0
+    saved = read_training_state(ckpt, list(stateful))  # damaged: .prev, or CheckpointError
+    if saved is not None:
+        if saved["extra"].get("config") == asdict(cfg):
+            got = restore_training_state(saved, stateful)
+            start, losses, running = got["step"], list(got["losses"]), got["running"]
+            prior_seconds = got["seconds"]
             if verbose:
                 print(f"train-ddpm: resuming from {ckpt} at step {start}")
         elif verbose:
-            print(f"train-ddpm: {ckpt} has other settings; starting over")
+            print(f"train-ddpm: {ckpt} has other settings; starting over "
+                  "(it is kept as .ckpt.prev until the next checkpoint)")
+
+    t0 = time.perf_counter()
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(ckpt, {"config": asdict(cfg), "model": model.state_dict(),
-                               "ema": ema.state_dict(), "opt": opt.state_dict(),
-                               "sched": sched.state_dict(), "gen": gen.get_state(),
-                               "step": step, "losses": losses})
+        save_training_state(ckpt, stateful, step=step, config=asdict(cfg), losses=losses,
+                            running=running, seconds=prior_seconds + time.perf_counter() - t0)
 
-    bar = progress(range(start, cfg.steps), desc="train-ddpm", total=cfg.steps - start)
-    running = float("nan")
-    with Timer() as timer:
+    bar = progress(range(start, cfg.steps), desc="train-ddpm", total=cfg.steps, initial=start)
+    with DeferredInterrupt() as stop:
         for step in bar:
             idx = torch.randint(0, len(x), (cfg.batch_size,), generator=gen)
             loss = ddpm_loss(model, x[idx], alpha_bars, gen)
@@ -110,16 +127,17 @@ def train_ddpm(cfg: DDPMTrainConfig, weights: Path | None = None, *,
             if step % 100 == 0:
                 losses.append((step, running))
                 bar.set_postfix(loss=f"{running:.4f}")
-            if (step + 1) % ckpt_every == 0 and step + 1 < cfg.steps:
+            if stop.requested or (step + 1 < cfg.steps and (step + 1) % ckpt_every == 0):
                 checkpoint(step + 1)
+            stop.raise_if_requested()
+    seconds = prior_seconds + time.perf_counter() - t0
     save_checkpoint(weights, {"config": asdict(cfg), "state_dict": ema.state_dict(),
-                              "losses": losses})
-    if ckpt.exists():
-        ckpt.unlink()
-    summary = {"config": asdict(cfg), "weights": str(weights), "seconds": timer.seconds,
-               "steps_run": cfg.steps - start, "final_loss_ema": running, "losses": losses}
+                              "losses": losses}, keep_previous=False)
+    remove_checkpoint(ckpt)
+    summary = {"config": asdict(cfg), "weights": str(weights), "seconds": seconds,
+               "final_loss_ema": running, "losses": losses}
     if verbose:
-        print(f"train-ddpm: {cfg} -> {weights} ({timer.seconds:.0f}s, "
+        print(f"train-ddpm: {cfg} -> {weights} ({seconds:.0f}s in all, "
               f"smoothed loss {running:.4f})")
     return summary
 
@@ -128,7 +146,9 @@ def load_ddpm(weights: Path | None = None) -> tuple[EpsMLP, torch.Tensor, DDPMTr
     """Load saved weights (default :func:`default_weights`): ``(model in eval mode,
     alpha_bars (n_train,), config)``."""
     weights = default_weights() if weights is None else Path(weights)
-    blob = torch.load(weights, map_location="cpu", weights_only=False)
+    blob = load_checkpoint(weights, check=lambda b: (b["config"], b["state_dict"]))
+    if blob is None:
+        raise FileNotFoundError(f"weights: no DDPM weights at {weights}")
     cfg = DDPMTrainConfig(**blob["config"])
     model = build_model(cfg)
     model.load_state_dict(blob["state_dict"])
@@ -143,7 +163,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where to write the weights (default: the cache's "
                         "checkpoints/ddpm_digits.pt, quick: ddpm_digits_quick.pt)")
     p.add_argument("--ckpt-every", type=positive_int, default=500,
-                   help="steps between resumable training checkpoints")
+                   help="steps between resumable training checkpoints (WEIGHTS.ckpt; the one "
+                        "before is kept as WEIGHTS.ckpt.prev); a rerun resumes from them")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: delete this run's resumable checkpoints first")
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -151,7 +174,7 @@ def run(args: argparse.Namespace) -> dict:
     cfg = DDPMTrainConfig(**{**asdict(base), "seed": args.seed,
                              **({"steps": args.steps} if args.steps else {})})
     weights = args.checkpoint or default_weights(args.quick)
-    summary = train_ddpm(cfg, weights, ckpt_every=args.ckpt_every)
+    summary = train_ddpm(cfg, weights, ckpt_every=args.ckpt_every, fresh=args.fresh)
     name = "train_ddpm_quick.json" if args.quick else "train_ddpm.json"
     write_json(Path(args.out) / name, summary)
     return summary

@@ -3,8 +3,10 @@
 Two tasks: Sudoku solutions (``random_solutions``, 81 tokens, vocabulary 9 + [MASK]) and
 binarized 8x8 digits (``load_digits("train", binarize=True)``, 64 tokens, vocabulary
 2 + [MASK]). Checkpoints go to ``DIR/TASK/{weak,early,middle,final}.pt`` at fixed fractions
-of the run, and ``last.pt`` every ``--ckpt-every`` steps; a rerun resumes from ``last.pt``
-(model, optimizer, RNG, losses), so an interrupt loses at most ``--ckpt-every`` steps.
+of the run, and ``last.pt`` every ``--ckpt-every`` steps and on Ctrl-C (the one before kept as
+``last.pt.prev``); a rerun with the same settings resumes from ``last.pt`` (model, optimizer,
+generator, losses) and writes exactly what an uninterrupted run writes (``seconds_this_run``
+aside); ``--fresh`` deletes them and starts over.
 ``DIR`` is ``--checkpoint DIR``, by default the cache's ``checkpoints/mdm`` (``--quick``:
 ``checkpoints/mdm-quick``), where `bench guidance` looks. Each stage is evaluated (held-out
 loss; Sudoku: validity of unconditional samples) and the metrics go to
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from samplegrad.checkpoint import DeferredInterrupt, load_checkpoint, remove_checkpoint
 from samplegrad.checkpoint import save_checkpoint as atomic_save
 from samplegrad.discrete import (
     MDMConfig,
@@ -103,37 +106,62 @@ def default_ckpt_dir(quick: bool = False) -> Path:
     return cache_dir("checkpoints") / ("mdm-quick" if quick else "mdm")
 
 
+def _metrics_check(blob: object) -> None:
+    if not isinstance(blob, dict):
+        raise TypeError(f"a {type(blob).__name__}, not a dict of stage metrics")
+
+
 def train_task(task: str, ckpt_dir: Path, *, quick: bool = False, seed: int = 0,
                steps: int | None = None, ckpt_every: int = 100, fresh: bool = False) -> dict:
-    """Train (or resume) ``task``; write stage checkpoints; return settings and metrics."""
+    """Train (or resume) ``task``; write stage checkpoints; return settings and metrics.
+
+    ``last.pt`` (and ``last.pt.prev``, the one before) holds the model, the optimizer, the
+    minibatch/mask generator, the step and every logged loss; ``metrics.pt`` the stage
+    metrics. Ctrl-C saves ``last.pt`` at the last finished step before stopping. ``fresh``:
+    delete this task's checkpoints and metrics first."""
     spec = task_spec(task, quick)
     if steps is not None:
         spec = replace(spec, train=replace(spec.train, steps=steps))
     cfg = spec.train
     folder = Path(ckpt_dir) / task
     last = folder / "last.pt"
+    metrics_path = folder / "metrics.pt"
+    if fresh:
+        for f in (last, metrics_path, *(folder / f"{name}.pt" for name in STAGES)):
+            remove_checkpoint(f)
     data, held_out = task_data(task, spec, seed)
-    if last.exists() and not fresh:
+    settings = {"model_config": asdict(spec.model), "train_config": asdict(cfg), "seed": seed}
+    # damaged: last.pt.prev with a warning, or CheckpointError
+    saved = load_checkpoint(last, check=lambda b: (b["model_config"], b["train_config"],
+                                                   b["model"], b["step"], b["losses"]))
+    same = saved is not None and {"model_config": saved.get("model_config"),
+                                  "train_config": saved.get("train_config"),
+                                  # (files from before the seed was saved: trusted)
+                                  "seed": saved.get("extra", {}).get("seed", seed)} == settings
+    if same:
         state = load_train_state(last, cfg)
         print(f"[train-mdm {task}] resuming from {last} at step {state.step}")
     else:
+        if saved is not None:
+            print(f"[train-mdm {task}] {last} has other settings; starting over")
         state = train_init(spec.model, cfg, seed)
-    metrics_path = folder / "metrics.pt"
-    metrics: dict = torch.load(metrics_path) if metrics_path.exists() and not fresh else {}
+    metrics: dict = (load_checkpoint(metrics_path, check=_metrics_check) or {}) if same else {}
     stage_at = {name: max(1, round(frac * cfg.steps)) for name, frac in STAGES.items()}
     bar = progress(range(state.step, cfg.steps), desc=f"train-mdm {task}", total=cfg.steps,
                    initial=state.step)
-    with Timer() as timer:
+    with Timer() as timer, DeferredInterrupt() as stop:
         for _ in bar:
             state, info = train_step(state, data, cfg)
             bar.set_postfix(loss=f"{info['loss']:.3f}")
             for name, at in stage_at.items():
                 if state.step == at:
                     metrics[name] = {"step": at, **evaluate(state.model, task, held_out, seed)}
-                    save_train_state(folder / f"{name}.pt", state, cfg, {"stage": name})
+                    save_train_state(folder / f"{name}.pt", state, cfg, {"stage": name},
+                                     keep_previous=False)  # a result, not a resume point
                     atomic_save(metrics_path, metrics)
-            if state.step % ckpt_every == 0 or state.step == cfg.steps:
-                save_train_state(last, state, cfg)
+            if state.step % ckpt_every == 0 or state.step == cfg.steps or stop.requested:
+                save_train_state(last, state, cfg, {"seed": seed})
+            stop.raise_if_requested()
         for name in STAGES:  # stages saved by an earlier run but not evaluated yet
             if name not in metrics and (folder / f"{name}.pt").exists():
                 blob = load_train_state(folder / f"{name}.pt")
@@ -153,8 +181,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="checkpoint folder, holding TASK/STAGE.pt (default: the cache's "
                         "checkpoints/mdm; quick: checkpoints/mdm-quick)")
     p.add_argument("--ckpt-every", type=positive_int, default=100,
-                   help="steps between resumable checkpoints (last.pt)")
-    p.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
+                   help="steps between resumable checkpoints (TASK/last.pt; the one before is "
+                        "kept as last.pt.prev); a rerun resumes from them")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: delete the task's last.pt, stage checkpoints and metrics "
+                        "first")
 
 
 def _plot_losses(out_dir: Path, path: Path) -> None:

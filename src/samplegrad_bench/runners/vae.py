@@ -2,7 +2,8 @@
 
 For each estimator and seed: train a VAE (−ELBO, analytic KL to the uniform prior) with
 Adam, checkpointing under the cache's ``vae/`` folder (resumable: an interrupted run continues
-exactly where it stopped; finished runs are reused), then evaluate on the test set with
+exactly where it stopped and writes the same files, timings aside; finished runs are reused;
+``--fresh`` starts over), then evaluate on the test set with
 exact one-hot samples: −ELBO (Monte Carlo over ``z ~ q``) and the importance-weighted bound
 with ``iwae_samples`` samples. Prints a mean ± std table over seeds and writes JSON, a
 markdown table and a loss-curve PNG under ``runs/vae/`` (``--publish``: ``docs/results/vae/``).
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from samplegrad.checkpoint import load_checkpoint
+from samplegrad.checkpoint import load_checkpoint, remove_checkpoint
 from samplegrad_bench._args import comma_list, positive_int, seed_list
 from samplegrad_bench._common import Timer, markdown_table, progress, save_figure, write_json
 from samplegrad_bench.data import load_digits, load_idx_dataset
@@ -124,12 +125,19 @@ def smooth_curve(history: list[float], window: int = 50,
 
 
 def run_one(s: Settings, estimator: str, seed: int, train: torch.Tensor, test: torch.Tensor,
-            dynamic: bool, ckpt_dir: Path, bar: Any = None) -> dict[str, Any]:
-    """Train (or resume / reuse) one VAE and evaluate it; returns its result row."""
+            dynamic: bool, ckpt_dir: Path, bar: Any = None, fresh: bool = False,
+            ) -> dict[str, Any]:
+    """Train (or resume / reuse) one VAE and evaluate it; returns its result row.
+
+    Its checkpoint (and ``.prev``, the one before) holds the model, Adam, the global RNG
+    streams, the step, the loss history and the REINFORCE baseline, and, once evaluated,
+    the result row. ``fresh``: delete it first."""
     l, k = CONFIGS[s.config]
     tc = train_config(s, estimator, dynamic)
     path = ckpt_dir / f"{estimator}_seed{seed}_{run_tag(s, tc, seed)}.pt"
-    saved = load_checkpoint(path)
+    if fresh:
+        remove_checkpoint(path)
+    saved = load_checkpoint(path)  # damaged: .prev with a warning, or CheckpointError
     if saved is not None and "result" in saved["extra"]:
         return saved["extra"]["result"]
     vae = VAEConfig(n_pixels=train.shape[1], n_latent=l, n_classes=k, hidden=tuple(s.hidden))
@@ -237,7 +245,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="folder with Fashion-MNIST IDX files")
     p.add_argument("--checkpoints", type=Path, default=None, metavar="DIR",
                    help="folder of resumable training checkpoints (default: the user "
-                        "cache's vae/)")
+                        "cache's vae/); a rerun resumes unfinished runs and reuses finished ones")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over: delete the checkpoints of the runs asked for first")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -265,7 +275,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name in names:
             for seed in seeds:
                 bar.set_postfix_str(f"{name} seed {seed}")
-                results.append(run_one(cs, name, seed, train, test, dynamic, ckpt_dir, bar))
+                results.append(run_one(cs, name, seed, train, test, dynamic, ckpt_dir, bar,
+                                       fresh=args.fresh))
         bar.close()
         rows = summarize(results)
         l, k = CONFIGS[config]

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from samplegrad.checkpoint import save_checkpoint
+from samplegrad.checkpoint import load_cache, save_checkpoint
 from samplegrad_bench import paths
 from samplegrad_bench._common import progress
 
@@ -165,8 +165,9 @@ def reference_samples(target, n: int, seed: int = 0, cache_dir: str | Path | Non
     key = hashlib.sha1(repr((target, n, seed, sorted(mala_kw.items()))).encode()).hexdigest()[:16]
     folder = paths.cache_dir("mala") if cache_dir is None else Path(cache_dir)
     path = folder / f"mala_{type(target).__name__}_{key}.pt"
-    if path.exists():
-        return torch.load(path)["samples"]
+    cached = load_cache(path, check=lambda d: d["samples"])
+    if cached is not None:  # missing or damaged (warned): sampled again
+        return cached["samples"]
     samples, rate = run_mala(target, n, seed=seed, show_progress=show_progress, **mala_kw)
     save_checkpoint(path, {"samples": samples, "acceptance": rate, "target": repr(target)})
     return samples

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from samplegrad.checkpoint import save_checkpoint
+from samplegrad.checkpoint import load_cache, save_checkpoint
 from samplegrad_bench import paths
 from samplegrad_bench.data import load_digits
 
@@ -104,8 +104,9 @@ def digit_classifier(cache_dir: str | Path | None = None, seed: int = 0,
     tag = "" if steps == _STEPS else f"_steps{steps}"
     folder = paths.cache_dir("classifier") if cache_dir is None else Path(cache_dir)
     path = folder / f"digit_classifier_seed{seed}{tag}.pt"
-    if path.exists():
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_cache(path, weights_only=True,
+                      check=lambda b: (b["hidden"], b["state_dict"], b["accuracy"]))
+    if blob is not None:  # missing or damaged (warned): trained again
         model = DigitMLP(int(blob["hidden"]))
         model.load_state_dict(blob["state_dict"])
         model.accuracy = {k: float(v) for k, v in blob["accuracy"].items()}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from samplegrad.checkpoint import save_checkpoint
+from samplegrad.checkpoint import load_cache, save_checkpoint
 from samplegrad_bench import paths
 
 # difficulty -> number of clues kept (cells removed greedily while the solution stays unique)
@@ -287,8 +287,8 @@ def puzzle_set(n: int = 100, seed: int = 0, difficulty: str = "medium",
     if cache:
         folder = paths.cache_dir("sudoku") if cache_dir is None else Path(cache_dir)
         path = folder / f"puzzles_{difficulty}_n{n}_seed{seed}.pt"
-        if path.exists():
-            data = torch.load(path)
+        data = load_cache(path, check=lambda d: (d["puzzles"], d["solutions"]))
+        if data is not None:  # missing or damaged (warned): generated again
             return data["puzzles"], data["solutions"]
     puzzles, solutions = generate_puzzles(n, seed, difficulty)
     if path is not None:
