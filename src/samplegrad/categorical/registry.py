@@ -9,6 +9,8 @@ from typing import Any
 import torch
 
 from samplegrad.categorical._checks import (
+    check_callable,
+    check_generator,
     check_logits,
     check_n_samples,
     check_objective_values,
@@ -80,6 +82,9 @@ for _m in (
     register(_m)
 
 
+_BUILTIN = frozenset(m.fn for m in _REGISTRY.values())
+
+
 def methods() -> list[str]:
     """Names accepted by :func:`surrogate` (and by ``samplegrad bench``)."""
     return list(_REGISTRY)
@@ -87,10 +92,19 @@ def methods() -> list[str]:
 
 def get_method(name: str) -> Method:
     """The registered :class:`Method` called ``name`` (ValueError listing the names if none)."""
+    if not isinstance(name, str):
+        raise TypeError(f"method: must be a registered name (str), got {type(name).__name__}")
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; choose from {methods()}") from None
+        raise ValueError(f"method: unknown method {name!r}; choose from {methods()}") from None
+
+
+def _check_knobs(m: Method, knobs: dict[str, Any]) -> None:
+    unknown = sorted(set(knobs) - set(m.defaults))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: not a knob of method {m.name!r}, which takes "
+                         f"{sorted(m.defaults) or 'no knobs'}; got unknown {unknown}")
 
 
 def sampler(name: str, **knobs: Any) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -103,20 +117,27 @@ def sampler(name: str, **knobs: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     draw = sg.sampler("redge", n_steps=3)
     z = draw(torch.randn(8, 4, 10, requires_grad=True))  # (8, 4, 10) one-hot
     ```
+
+    The returned callable also takes ``generator=`` (a ``torch.Generator`` on the logits'
+    device) for its random draws.
     """
     m = get_method(name)
     if m.kind != "pathwise":
         raise ValueError(f"{name!r} is a {m.kind} method, not pathwise; use surrogate(f, ...)")
-    unknown = set(knobs) - set(m.defaults)
-    if unknown:
-        raise ValueError(f"method {name!r} takes {sorted(m.defaults) or 'no knobs'}; "
-                         f"got unknown {sorted(unknown)}")
+    _check_knobs(m, knobs)
     kw = {**m.defaults, **knobs, **m.fixed}
-    return lambda logits: m.fn(logits, **kw)
+
+    def draw(logits: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        if generator is None:
+            return m.fn(logits, **kw)
+        return m.fn(logits, **kw, generator=generator)
+
+    return draw
 
 
 def surrogate(f: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor,
-              method: str = "redge", n_samples: int = 1, **params: Any) -> torch.Tensor:
+              method: str = "redge", n_samples: int = 1, *,
+              generator: torch.Generator | None = None, **params: Any) -> torch.Tensor:
     """A scalar loss whose value estimates ``E[f(x)]``, ``x ~ Cat(softmax(logits))``, and
     whose ``backward()`` leaves the method's gradient estimate in ``logits.grad``.
 
@@ -126,22 +147,29 @@ def surrogate(f: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor,
     gives score-function methods per-element credit; the loss is then the sum over elements.
     ``params`` are the method's knobs (``n_steps``, ``t1``,
     ``tau``, ``baseline``); unknown knobs are an error. For ``method="exact"`` the value and
-    gradient are exact and ``n_samples`` is ignored.
+    gradient are exact and ``n_samples`` is ignored. ``generator``: optional
+    ``torch.Generator`` on ``logits``' device for the method's random draws (``exact`` has
+    none). ``f`` must return a tensor (``TypeError`` naming ``f`` otherwise); non-finite
+    values are a ``ValueError`` naming ``f`` when validation is on.
     """
+    check_callable(f)
     m = get_method(method)
-    unknown = set(params) - set(m.defaults)
-    if unknown:
-        raise ValueError(f"method {method!r} takes {sorted(m.defaults) or 'no knobs'}; "
-                         f"got unknown {sorted(unknown)}")
+    # the built-in estimators scan the logits' values themselves (cheaply, class-first)
+    check_logits(logits, values=m.fn not in _BUILTIN)
+    _check_knobs(m, params)
     kw = {**m.defaults, **params, **m.fixed}
     if m.kind == "exact":
         value, grad = exact(f, logits)
-        lin = (grad.detach() * logits).sum()
+        # masked (-inf) classes have zero gradient; keep 0 * -inf out of the sum
+        finite = torch.where(torch.isinf(logits), torch.zeros_like(logits), logits)
+        lin = (grad.detach() * finite).sum()
         return value + lin - lin.detach()
     n_samples = check_n_samples(n_samples)
+    if generator is not None:
+        check_generator(generator, logits.device)
+        kw["generator"] = generator
     if m.kind == "score":
         return m.fn(f, logits, n_samples=n_samples, **kw)
-    check_logits(logits)
     y = m.fn(logits.expand(n_samples, *logits.shape), **kw)
     fx = f(y)
     check_objective_values(fx, n_samples, logits.shape)
