@@ -44,7 +44,7 @@ docs: install $(DOCS_STAMP)
 	$(BIN)/mkdocs build --strict --site-dir runs/site
 
 # mutation testing of the library core with mutmut (docs/mutation.md; not part of `make test`,
-# about an hour on 2 cores). Runs in a scratch copy, runs/mutation/, whose mutants/ caches the
+# 2-3 hours on 2 cores). Runs in a scratch copy, runs/mutation/, whose mutants/ caches the
 # verdicts between runs; MUTANTS='samplegrad.diffusion*' limits (and reruns) one module.
 MUTATION_DIR  := runs/mutation
 MUTATION_JOBS ?= 1
