@@ -128,6 +128,10 @@ def _compile_all(cands: dict[str, Estimator], backend: str, logits, w) -> tuple[
     """``torch.compile(fullgraph=True)`` every candidate; returns (losses, compile seconds).
     A candidate that fails to compile is reported and left out (never silently eager)."""
     torch._dynamo.reset()  # compiled kernels are specialized to the thread count
+    # every candidate compiles the same `loss` code object: without this, Dynamo stops
+    # compiling after its default 8 recompiles and the later candidates would not compile
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit,
+                                               4 * len(cands))
     out, secs = {}, {}
     for name, fn in cands.items():
         compiled = torch.compile(_loss_fn(fn), fullgraph=True, backend=backend)
