@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
 __all__ = ["set_validation", "validation", "validation_enabled"]
+
+# check_finite / check_generator below are private helpers shared by the subsystems.
 
 _ENABLED = True
 
@@ -68,3 +71,23 @@ def validation_enabled() -> bool:
     if torch.compiler.is_compiling():
         return False
     return not _in_functorch_transform()
+
+
+def check_finite(x: torch.Tensor, name: str, message: str = "contains NaN or inf") -> None:
+    """``ValueError("{name}: {message}")`` when ``x`` holds NaN/inf (a value scan: only while
+    :func:`validation_enabled`)."""
+    if validation_enabled() and x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: {message}")
+
+
+def check_generator(generator: Any, device: torch.device | str, name: str = "generator") -> None:
+    """``None`` or a ``torch.Generator`` on ``device``'s type (torch draws on the generator's
+    device, so a CPU generator cannot drive CUDA draws)."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{name}: must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}")
+    if generator.device.type != torch.device(device).type:
+        raise ValueError(f"{name}: is on {generator.device.type} but the tensors it draws are "
+                         f"on {device}; create it with torch.Generator(device=...)")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from samplegrad._validation import validation_enabled
+from samplegrad._validation import check_finite, check_generator, validation_enabled  # noqa: F401
 
 
 def shape_str(x: Any) -> str:
@@ -32,26 +32,6 @@ def check_tensor(x: Any, name: str, *, min_dim: int = 0, floating: bool = False)
     if floating and not x.is_floating_point():
         raise ValueError(f"{name}: must be floating point, got {x.dtype}")
     return x
-
-
-def check_finite(x: Tensor, what: str, message: str = "non-finite values (NaN or inf)") -> None:
-    """``ValueError("{what}: {message}")`` if ``x`` has NaN/inf -- only when value checks are
-    on (:func:`samplegrad.validation_enabled`): it reads the data (a host sync)."""
-    if validation_enabled() and x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{what}: {message}")
-
-
-def check_generator(generator: Any, device: torch.device, name: str = "generator") -> None:
-    """``None`` or a ``torch.Generator`` on ``device``'s type (torch draws on the generator's
-    device, so a CPU generator cannot drive CUDA draws)."""
-    if generator is None:
-        return
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"{name}: must be a torch.Generator or None, got "
-                        f"{type(generator).__name__}")
-    if generator.device.type != torch.device(device).type:
-        raise ValueError(f"{name}: is on {generator.device.type} but the tensors it draws are "
-                         f"on {device}; create it with torch.Generator(device=...)")
 
 
 def event_shape(shape: Any, name: str = "shape") -> tuple[int, ...]:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from samplegrad._validation import validation_enabled
+from samplegrad._validation import check_finite, check_generator, validation_enabled  # noqa: F401
 
 
 def check_count(value: Any, name: str, minimum: int = 1) -> int:
@@ -78,24 +78,6 @@ def check_points(x: Any, name: str, dim: int | None = None, *, min_rows: int = 0
         raise ValueError(f"{name}: must have at least {min_rows} rows, got {tuple(x.shape)}")
     check_finite(x, name, "contains NaN or inf")
     return x
-
-
-def check_finite(x: Tensor, name: str, message: str = "contains NaN or inf") -> None:
-    """``ValueError("{name}: {message}")`` when ``x`` has NaN/inf, if value checks are on."""
-    if validation_enabled() and x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name}: {message}")
-
-
-def check_generator(generator: Any, device: torch.device, name: str = "generator") -> None:
-    """``None`` or a ``torch.Generator`` on ``device``'s type."""
-    if generator is None:
-        return
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"{name}: must be a torch.Generator or None, got "
-                        f"{type(generator).__name__}")
-    if generator.device.type != torch.device(device).type:
-        raise ValueError(f"{name}: is on {generator.device.type} but the samples are on "
-                         f"{device}; create it with torch.Generator(device=...)")
 
 
 def check_score_output(out: Any, like: Tensor, name: str, t: float) -> Tensor:
