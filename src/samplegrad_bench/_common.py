@@ -17,8 +17,8 @@ import torch
 from samplegrad._progress import progress
 from samplegrad.profiling import Timer, peak_rss_mb, saved_tensor_bytes
 
-__all__ = ["Timer", "markdown_table", "peak_rss_mb", "progress", "save_figure",
-           "saved_tensor_bytes", "seed_all", "write_json"]
+__all__ = ["Timer", "markdown_table", "peak_rss_mb", "progress", "read_results",
+           "save_figure", "saved_tensor_bytes", "seed_all", "write_json"]
 
 
 def _jsonable(obj: Any) -> Any:
@@ -88,3 +88,19 @@ def save_figure(fig: Any, path: str | Path, dpi: int = 110, tight: bool = True) 
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def read_results(path: str | Path, key: str, kind: type) -> dict[str, Any]:
+    """A results JSON to resume from, which must hold ``key`` of type ``kind``; a damaged
+    one is a :class:`samplegrad.checkpoint.CheckpointError` (the command line adds the
+    ``--fresh`` hint)."""
+    from samplegrad.checkpoint import CheckpointError
+
+    path = Path(path)
+    try:
+        old = json.loads(path.read_text())
+        if not isinstance(old, dict) or not isinstance(old.get(key), kind):
+            raise ValueError(f"no {key!r} entry")
+        return old
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(path, [(path, f"unreadable results ({e})")]) from None

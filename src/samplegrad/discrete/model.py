@@ -41,10 +41,11 @@ class MDMConfig:
         return self.vocab_size
 
 
-def check_tokens(x: Tensor, vocab_size: int, seq_len: int | None = None, *,
+def check_tokens(x: Tensor, vocab_size: int | None, seq_len: int | None = None, *,
                  allow_mask: bool = True, name: str = "x") -> Tensor:
     """Validate an integer token tensor ``(..., L)`` with ids in ``0..vocab_size`` (the last
-    one is [MASK], allowed only if ``allow_mask``); returns it as int64. The id range is
+    one is [MASK], allowed only if ``allow_mask``); returns it as int64. With
+    ``vocab_size=None`` (not known yet) only negative ids are refused. The id range is
     scanned only when value checks are on (:func:`samplegrad.validation_enabled`)."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
@@ -54,6 +55,10 @@ def check_tokens(x: Tensor, vocab_size: int, seq_len: int | None = None, *,
         raise ValueError(f"{name} must be shaped (..., L); got a scalar")
     if seq_len is not None and x.shape[-1] != seq_len:
         raise ValueError(f"{name} must be shaped (..., {seq_len}); got {tuple(x.shape)}")
+    if vocab_size is None:
+        if validation_enabled() and x.numel() and int(x.min()) < 0:
+            raise ValueError(f"{name} has negative token ids (min {int(x.min())})")
+        return x.long()
     top = vocab_size if allow_mask else vocab_size - 1
     if validation_enabled() and x.numel() and (int(x.min()) < 0 or int(x.max()) > top):
         what = f"0..{vocab_size - 1} or the mask id {vocab_size}" if allow_mask \

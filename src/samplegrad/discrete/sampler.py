@@ -124,7 +124,7 @@ def initial_tokens(model: Any, batch_size: int | None = None, given: Tensor | No
     if vocab is not None and mask_id == vocab:  # our convention: ids 0..V-1, mask id V
         given = check_tokens(given, vocab, seq_len, name="given")
     else:  # the vocabulary size is checked against the model's logits in _denoise
-        given = _check_int_tokens(given, seq_len, "given")
+        given = check_tokens(given, None, seq_len, name="given")
     given = given.to(device)
     if given.ndim == 1:
         given = given.expand(batch_size or 1, -1)
@@ -132,22 +132,6 @@ def initial_tokens(model: Any, batch_size: int | None = None, given: Tensor | No
         raise ValueError(f"given must be shaped (L,) or (batch_size, L); got "
                          f"{tuple(given.shape)} with batch_size={batch_size}")
     return given.clone()
-
-
-def _check_int_tokens(x: Any, seq_len: int | None, name: str) -> Tensor:
-    """Integer tokens ``(..., L)`` with non-negative ids (the vocabulary size is known only
-    once the model's logits are seen)."""
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-        raise ValueError(f"{name} must have an integer dtype; got {x.dtype}")
-    if x.ndim < 1:
-        raise ValueError(f"{name} must be shaped (..., L); got a scalar")
-    if seq_len is not None and x.shape[-1] != seq_len:
-        raise ValueError(f"{name} must be shaped (..., {seq_len}); got {tuple(x.shape)}")
-    if validation_enabled() and x.numel() and int(x.min()) < 0:
-        raise ValueError(f"{name} has negative token ids (min {int(x.min())})")
-    return x.long()
 
 
 def _denoise(model: LogitsModel, x: Tensor, mask_id: int) -> Tensor:

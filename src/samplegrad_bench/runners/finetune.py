@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from samplegrad.checkpoint import CheckpointError, load_cache, remove_checkpoint, save_checkpoint
+from samplegrad.checkpoint import load_cache, remove_checkpoint, save_checkpoint
 from samplegrad.diffusion import SamplerSchedule, draw_noise, sample_path, sampling_schedule
 from samplegrad.implicit.finetune import (
     FinetuneConfig,
@@ -65,6 +65,7 @@ from samplegrad_bench._common import (
     Timer,
     markdown_table,
     progress,
+    read_results,
     save_figure,
     saved_tensor_bytes,
     write_json,
@@ -406,20 +407,6 @@ def _image_key(key: tuple) -> str:
     return "|".join(map(str, key))
 
 
-def _read_results(path: Path) -> dict:
-    """The results JSON to resume from; a damaged one is a :class:`CheckpointError` (the
-    command line adds the ``--fresh`` hint)."""
-    import json
-
-    try:
-        old = json.loads(path.read_text())
-        if not isinstance(old, dict) or not isinstance(old.get("rows"), list):
-            raise ValueError("no 'rows' entry")
-        return old
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(path, [(path, f"unreadable results ({e})")]) from None
-
-
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or 1)
     bench = _settings(args)
@@ -443,7 +430,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.fresh:
         remove_checkpoint(images_path)
     elif json_path.exists():
-        old = _read_results(json_path)
+        old = read_results(json_path, "rows", list)
         if _same_settings(old.get("meta", {}).get("settings", {}), meta["settings"]):
             done = {(r["reward_name"], r["T"], r["method"]): r for r in old["rows"]}
     images: dict[str, Tensor] = {}  # samples of every finished run, for the grids of a rerun

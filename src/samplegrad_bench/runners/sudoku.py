@@ -33,7 +33,6 @@ from typing import Any
 
 import torch
 
-from samplegrad.checkpoint import CheckpointError
 from samplegrad_bench._args import (
     MissingInputError,
     comma_list,
@@ -46,6 +45,7 @@ from samplegrad_bench._common import (
     Timer,
     markdown_table,
     progress,
+    read_results,
     save_figure,
     seed_all,
     write_json,
@@ -398,7 +398,7 @@ def run(args: argparse.Namespace) -> dict:
     settings["knobs"] = {n: method_knobs(n, cfg.knobs) for n in names}
     results: dict[str, Any] = {}
     if not getattr(args, "fresh", False) and json_path.exists():
-        old = _read_results(json_path)
+        old = read_results(json_path, "results", dict)
         same = {k: v for k, v in old.get("settings", {}).items() if k != "methods"}
         mine = {k: v for k, v in _plain(settings).items() if k != "methods"}
         if same == mine:
@@ -424,20 +424,6 @@ def run(args: argparse.Namespace) -> dict:
     write_json(json_path, out)
     plot(results, cfg, out_dir / f"{tag}_solved.png")
     return out
-
-
-def _read_results(path: Path) -> dict[str, Any]:
-    """A results JSON to resume from; a damaged one is a :class:`CheckpointError` (the
-    command line adds the ``--fresh`` hint)."""
-    import json
-
-    try:
-        old = json.loads(path.read_text())
-        if not isinstance(old, dict) or not isinstance(old.get("results"), dict):
-            raise ValueError("no 'results' entry")
-        return old
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(path, [(path, f"unreadable results ({e})")]) from None
 
 
 def _plain(obj: Any) -> Any:
