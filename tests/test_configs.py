@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,12 +60,15 @@ OPTIMIZER = bad_choice(["Adam", "AdamW", "SGD"]).filter(
 
 LANGEVIN = {"step_size": bad_real(gt=0), "lr": bad_real(gt=0), "optimizer": OPTIMIZER,
             "kl_weight": bad_real(ge=0), "n_particles": bad_int(1), "n_ref": bad_int(1),
-            "ref_burn_in": bad_int(0)}
+            "ref_burn_in": bad_int(0),
+            "compile": st.one_of(st.none(), st.integers(), st.text(max_size=6).filter(
+                lambda v: v not in torch.compiler.list_backends(exclude_tags=())))}
 
 # (config class, valid base kwargs, {field: strategy of bad values})
 CASES: list[tuple[type, dict[str, Any], dict[str, st.SearchStrategy]]] = [
     (LangevinConfig, {}, LANGEVIN),
-    (BaselineConfig, {}, {**LANGEVIN, "n_inner": bad_int(1), "warm_start": bad_bool()}),
+    (BaselineConfig, {}, {**LANGEVIN, "compile": st.sampled_from([True, "inductor"]),
+                          "n_inner": bad_int(1), "warm_start": bad_bool()}),
     (FinetuneConfig, {}, {"pop_size": bad_int(1), "lr": bad_real(gt=0), "optimizer": OPTIMIZER,
                           "kl_weight": bad_real(ge=0), "seed": bad_int(None)}),
     (MDMConfig, {"vocab_size": 4, "seq_len": 8, "width": 8, "heads": 2},

@@ -250,6 +250,16 @@ def test_bench_runner_tiny_settings(tmp_path, capsys):
     assert (tmp_path / "reward_curves.png").exists()
 
 
+def test_langevin_speed_runner_quick(tmp_path, capsys):
+    assert main(["bench", "langevin-speed", "--quick", "--repeats", "2", "--out",
+                 str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "langevin_step_speed_quick.json").read_text())
+    names = [r["candidate"] for r in data["rows"]]
+    assert "samplegrad step, compiled" in names and "reference, jitted" in names
+    assert all(v > 0 for v in data["ms"].values())
+    assert "aten::" in (tmp_path / "langevin_step_speed_quick_profile.txt").read_text()
+
+
 # ----------------------------------------------------------------------------- any potential
 class GaussModule(torch.nn.Module):
     """V(x) = ||x - mu||^2 / 2 over particles of any shape; mu is the module's parameter."""
@@ -410,3 +420,56 @@ def test_unrolled_baseline_with_a_flat_reward_takes_a_zero_step():
     new, info = unrolled_step(state, gauss_potential, lambda x: (x[:, 0] > 0).to(x.dtype), cfg)
     assert info["grad_norm"] == 0.0
     torch.testing.assert_close(new.theta.detach(), torch.tensor([0.3, -0.2], dtype=DT))
+
+
+# ----------------------------------------------------------------------------- compile
+def _eager_and_compiled(cfg, potential, reward, n=4, **init_kw):
+    import dataclasses as dc
+
+    ccfg = dc.replace(cfg, compile="aot_eager")  # the same graph as inductor, compiled fast
+    out = []
+    for c in (cfg, ccfg):
+        state = init(potential, init_kw.get("theta0"), c, **{k: v for k, v in init_kw.items()
+                                                          if k != "theta0"})
+        infos = []
+        for _ in range(n):
+            state, info = step(state, potential, reward, c)
+            infos.append(info)
+        out.append((state, infos))
+    return out
+
+
+def test_compiled_step_follows_the_eager_step():
+    # reward + KL toward a theta_ref population: the compiled math draws the same noise
+    cfg = LangevinConfig(step_size=0.1, lr=0.05, n_particles=32, n_ref=16, kl_weight=0.5,
+                         ref_burn_in=2)
+    (a, ia), (b, ib) = _eager_and_compiled(
+        cfg, gauss_potential, lambda x: -(x - 1.0).pow(2).sum(-1),
+        theta0=torch.zeros(2, dtype=DT), shape=2, theta_ref=torch.ones(2, dtype=DT), seed=4)
+    torch.testing.assert_close(b.x, a.x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(b.x_ref, a.x_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(b.theta.detach(), a.theta.detach(), rtol=1e-12, atol=1e-12)
+    assert [i["reward"] for i in ib] == pytest.approx([i["reward"] for i in ia], rel=1e-12)
+    assert not torch.equal(a.theta.detach(), torch.zeros(2, dtype=DT))  # it moved
+
+
+def test_compiled_step_with_a_module_potential_writes_back():
+    module = GaussModule((2,))
+    cfg = LangevinConfig(step_size=0.1, lr=0.05, n_particles=16, compile="aot_eager")
+    state = init(module, None, cfg, shape=2, seed=1, params=[module.mu])
+    for _ in range(3):
+        state, _ = step(state, module, lambda x: x[:, 0], cfg)
+    torch.testing.assert_close(module.mu.detach(), state.theta.detach().view(2))
+    assert float(module.mu.detach()[0]) > 0  # pushed toward larger x_1
+
+
+def test_compiled_step_checks_values_and_shapes():
+    cfg = LangevinConfig(n_particles=8, compile="aot_eager")
+    state = init(gauss_potential, torch.zeros(2), cfg, shape=2)
+    with pytest.raises(ValueError, match="^reward: returned non-finite"):
+        step(state, gauss_potential, lambda x: x[:, 0] / 0.0 * 0.0, cfg)
+    with pytest.raises(ValueError, match="^reward: must return one value per particle"):
+        step(state, gauss_potential, lambda x: x, cfg)
+    for bad in (None, 1, ""):
+        with pytest.raises(ValueError, match="^compile:"):
+            LangevinConfig(compile=bad)

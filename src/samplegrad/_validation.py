@@ -55,12 +55,14 @@ def validation(enabled: bool) -> Iterator[None]:
         _ENABLED = old
 
 
+try:
+    from torch._C._functorch import maybe_current_level as _functorch_level
+except ImportError:  # pragma: no cover - older torch
+    _functorch_level = None
+
+
 def _in_functorch_transform() -> bool:
-    try:
-        from torch._C._functorch import maybe_current_level
-    except ImportError:  # pragma: no cover - older torch
-        return False
-    return maybe_current_level() is not None
+    return _functorch_level is not None and _functorch_level() is not None
 
 
 def validation_enabled() -> bool:

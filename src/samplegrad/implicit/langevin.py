@@ -48,6 +48,7 @@ from torch import Tensor, nn
 
 from samplegrad._config import check_int, check_real
 from samplegrad._optim import OptimizerFactory, check_lr, check_optimizer_name, make_optimizer
+from samplegrad._validation import validation_enabled
 from samplegrad.diffusion._checks import (
     check_finite,
     check_generator,
@@ -336,6 +337,7 @@ class LangevinConfig:
     n_particles: int = 1000     # when init gets no x0: x0 ~ N(0, I)
     n_ref: int = 1000           # reference particles when init gets theta_ref
     ref_burn_in: int = 0        # ULA steps run on the reference particles at init
+    compile: bool | str = False  # torch.compile the step's math (True: inductor, or a backend)
 
     def __post_init__(self) -> None:
         check_real(self.step_size, "step_size", gt=0)
@@ -345,6 +347,11 @@ class LangevinConfig:
         check_int(self.n_particles, "n_particles", 1)
         check_int(self.n_ref, "n_ref", 1)
         check_int(self.ref_burn_in, "ref_burn_in", 0)
+        if not isinstance(self.compile, bool) and not (
+                isinstance(self.compile, str)
+                and self.compile in torch.compiler.list_backends(exclude_tags=())):
+            raise ValueError(f"compile: must be True/False or a torch.compile backend name "
+                             f"(e.g. 'inductor', 'aot_eager'), got {self.compile!r}")
 
 
 @dataclass
@@ -513,6 +520,143 @@ def covariance_update(state: LangevinState, x: Tensor, potential: Potential | nn
     return new, {"reward": float(r.mean()), "grad_norm": float(g.norm())}
 
 
+def _single_loop_math(potential: Potential, reward: Reward, x: Tensor, theta: Tensor,
+                      z: Tensor, x_ref: Tensor | None, gamma: float, kl_weight: float
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+    """One iteration's math as a pure function (what ``compile`` compiles): the ULA step
+    ``x (N, *shape) -> x'`` with noise ``z``, the rewards ``R(x') (N,)`` and the gradient of
+    ``-E[R] + kl_weight KL`` in ``theta`` (shaped like ``theta``), with ``torch.func.grad``."""
+    gx = torch.func.grad(lambda y: potential(y, theta).sum())(x)
+    x_new = x - gamma * gx + math.sqrt(2 * gamma) * z
+    r = reward(x_new)
+    n = x.shape[0]
+    w = (r - r.mean()) / (n - 1)
+    if kl_weight > 0:
+        w = w - kl_weight / n
+
+    def surrogate(th: Tensor) -> Tensor:
+        s = (w * potential(x_new, th)).sum()
+        if kl_weight > 0 and x_ref is not None:
+            s = s + kl_weight * potential(x_ref, th).mean()
+        return s
+
+    return x_new, torch.func.grad(surrogate)(theta), r
+
+
+def _eager_math(fn: Potential, reward: Reward, x: Tensor, theta: Tensor, z: Tensor,
+                x_ref: Tensor | None, gamma: float, kl_weight: float
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`_single_loop_math` with plain autograd (faster than ``torch.func`` in eager
+    mode), plus the finiteness flag of :func:`_fused_math`; shapes are checked, values are
+    left to the caller (one read of the flag instead of one per tensor)."""
+    n = x.shape[0]
+    th = theta.detach()
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        v = _call_potential(fn, xg, th)
+        if not isinstance(v, Tensor) or v.shape != (n,):
+            _check_values(v, n, "potential")
+        if not v.requires_grad:
+            raise ValueError("potential: its output does not depend differentiably on x")
+        (gx,) = torch.autograd.grad(v.sum(), xg)
+    x_new = x.detach() - gamma * gx + math.sqrt(2 * gamma) * z
+    with torch.no_grad():
+        r = reward(x_new)
+    if not isinstance(r, Tensor) or r.shape != (n,):
+        _check_values(r, n, "reward")
+    w = (r - r.mean()) / (n - 1)
+    if kl_weight > 0:
+        w = w - kl_weight / n
+    with torch.enable_grad():
+        th = th.requires_grad_(True)
+        vn = _call_potential(fn, x_new, th)
+        if not isinstance(vn, Tensor) or vn.shape != (n,):
+            _check_values(vn, n, "potential")
+        s = (w * vn).sum()
+        if kl_weight > 0 and x_ref is not None:
+            vr = _call_potential(fn, x_ref.detach(), th)
+            if not isinstance(vr, Tensor) or vr.shape != (x_ref.shape[0],):
+                _check_values(vr, x_ref.shape[0], "potential")
+            s = s + kl_weight * vr.mean()
+        (g,) = torch.autograd.grad(s, th, allow_unused=True)
+    g = torch.zeros_like(th) if g is None else g
+    ok = torch.isfinite(x_new).all() & torch.isfinite(g).all() & torch.isfinite(r).all()
+    return x_new, g, r, ok
+
+
+def _fused_math(fn: Potential, reward: Reward, config: LangevinConfig
+                ) -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """:func:`_single_loop_math` plus one finiteness flag over its outputs (so that a
+    validated step reads one value back instead of three)."""
+    def math_fn(x: Tensor, theta: Tensor, z: Tensor, x_ref: Tensor | None
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        x_new, g, r = _single_loop_math(fn, reward, x, theta, z, x_ref, config.step_size,
+                                        config.kl_weight)
+        ok = torch.isfinite(x_new).all() & torch.isfinite(g).all() & torch.isfinite(r).all()
+        return x_new, g, r, ok
+
+    return math_fn
+
+
+def _compiled_math(state: LangevinState, fn: Potential, reward: Reward,
+                   config: LangevinConfig
+                   ) -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """``torch.compile(_fused_math)`` for this potential, reward and config, built once
+    per state lineage (kept in ``state.extra``; recompiled when one of them changes)."""
+    backend = "inductor" if config.compile is True else str(config.compile)
+    key = (fn, reward, config.step_size, config.kl_weight, backend)
+    cached = state.extra.get("compiled")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():  # a reward of the wrong shape is named here, not by the tracer
+            r = reward(state.x)
+        if not isinstance(r, Tensor) or r.shape != (state.x.shape[0],):
+            _check_values(r, state.x.shape[0], "reward")
+        cached = (key, torch.compile(_fused_math(fn, reward, config), backend=backend,
+                                     fullgraph=True))
+        state.extra["compiled"] = cached
+    return cached[1]
+
+
+def _run_step(state: LangevinState, potential: Potential | nn.Module, reward: Reward,
+              config: LangevinConfig) -> tuple[LangevinState, dict[str, float]]:
+    """:func:`step`: the math eagerly or compiled (``config.compile``), from the same random
+    stream, so both give the same result up to float rounding. Value checks run once, on
+    the outputs (when enabled)."""
+    if not callable(reward):
+        raise TypeError(f"reward: must be callable (x (N, *shape) -> (N,)), got "
+                        f"{type(reward).__name__}")
+    fn = resolve_potential(potential, state)
+    x = state.x
+    _check_x(x)  # theta's values were checked after the last optimizer step
+    check_generator(state.generator, x.device)
+    z = torch.randn(x.shape, generator=state.generator, dtype=x.dtype, device=x.device)
+    x_ref = advance_reference(state, potential, config.step_size)
+    if config.kl_weight > 0:
+        if x_ref is None:
+            raise ValueError("x_ref: kl_weight > 0 needs reference samples (x_ref or theta_ref)")
+        _check_ref(x_ref, x, state.theta)
+    ref = None if x_ref is None or config.kl_weight == 0 else x_ref.detach()
+    if config.compile:
+        compiled = _compiled_math(state, fn, reward, config)
+        with torch.no_grad():  # torch.func.grad inside ignores it; nothing else records
+            x_new, g, r, ok = compiled(x.detach(), state.theta.detach(), z, ref)
+    else:
+        x_new, g, r, ok = _eager_math(fn, reward, x, state.theta, z, ref, config.step_size,
+                                      config.kl_weight)
+    if not isinstance(r, Tensor) or r.shape != (x.shape[0],):
+        raise ValueError(f"reward: must return one value per particle, shape ({x.shape[0]},), "
+                         f"got {shape_str(r)}")
+    if validation_enabled() and not bool(ok):
+        for v, what in ((r, "reward: returned non-finite values (NaN or inf)"),
+                        (x_new, "potential: its gradient in x is not finite (NaN or inf)"),
+                        (g, "potential: its gradient in theta is not finite (NaN or inf)")):
+            if not bool(torch.isfinite(v).all()):
+                raise ValueError(what)
+    apply_gradient(state, g)
+    new = dataclasses.replace(state, x=x_new, x_ref=x_ref, step=state.step + 1)
+    return new, {"reward": float(r.mean()), "grad_norm": float(g.norm())}
+
+
 def _check_state(state: LangevinState) -> LangevinState:
     if not isinstance(state, LangevinState):
         raise TypeError(f"state: must be a LangevinState from init, got {type(state).__name__}")
@@ -525,12 +669,14 @@ def step(state: LangevinState, potential: Potential | nn.Module, reward: Reward,
     optimizer step on ``theta`` from the covariance (+ KL) gradient over the new particles.
 
     Returns the new state and ``{"reward": mean R over the particles, "grad_norm": ...}``.
+    With ``config.compile`` the math (ULA step, rewards, gradient) runs as one
+    ``torch.compile(fullgraph=True)`` graph built on the first call (the potential and reward
+    must then be traceable: tensor code without data-dependent Python control flow); the
+    random stream is the same as in eager mode.
     """
     _check_state(state)
     _check_config(config)
-    x = langevin_step(resolve_potential(potential, state), state.x, state.theta,
-                      config.step_size, generator=state.generator)
-    return covariance_update(state, x, potential, reward, config)
+    return _run_step(state, potential, reward, config)
 
 
 StepFn = Callable[[LangevinState, Potential, Reward, Any],

@@ -51,6 +51,9 @@ class BaselineConfig(LangevinConfig):
         super().__post_init__()
         check_int(self.n_inner, "n_inner", 1)
         check_bool(self.warm_start, "warm_start")
+        if self.compile is not False:
+            raise ValueError("compile: the unrolled and nested baselines run eagerly; leave "
+                             "compile=False")
 
 
 def _inner_start(state: LangevinState, config: BaselineConfig) -> Tensor:

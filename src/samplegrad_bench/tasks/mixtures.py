@@ -57,7 +57,7 @@ def hexagon_reward(x: Tensor) -> Tensor:
 
     Differentiable where ``x_1 > 0`` (the smooth factor); the indicator has zero gradient.
     """
-    m = torch.tensor(REWARD_CENTER, dtype=x.dtype)
+    m = torch.tensor(REWARD_CENTER, dtype=x.dtype, device=x.device)
     smooth = torch.exp(-(x - m).pow(2).sum(-1) / (2 * REWARD_SCALE2)) / REWARD_NORM
     return smooth * (x[..., 0] >= 0).to(x.dtype)
 
