@@ -295,3 +295,31 @@ def test_distribution_low_precision_logits(dtype):
     assert torch.equal(y.detach().float().sum(-1), torch.ones(3, 2))
     y.float().sum().backward()
     assert logits.grad.dtype == dtype and torch.isfinite(logits.grad.float()).all()
+
+
+@pytest.mark.parametrize("variant", ["paper", "max"])
+def test_backward_reuses_the_forward_path_only_when_it_is_still_there(variant):
+    # the forward leaves its softmaxes in a scratch buffer that a following backward reuses;
+    # any other call in between (here: a second sample of another shape and one of the same
+    # shape) must make the backward recompute them, with the same gradients in every order
+    shapes = [(7, 4, 5), (7, 4, 5), (3, 6)]
+    ws = [torch.randn(s) for s in shapes]
+    alone = []
+    for j, (shape, w) in enumerate(zip(shapes, ws)):
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(j))
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)),
+                        requires_grad=True)
+        (sg.redge(x, 6, 0.4, variant=variant, noise=noise, generator=torch.Generator(
+            ).manual_seed(9)) * w).sum().backward()  # the generator draws the hard sample
+        alone.append((x, noise, x.grad.clone()))
+    outs = []
+    for (x, noise, _), w in zip(alone, ws):  # all forwards first
+        x.grad = None
+        outs.append((sg.redge(x, 6, 0.4, variant=variant, noise=noise, generator=torch.Generator(
+            ).manual_seed(9)) * w).sum())
+    for i in (0, 2, 1):  # backwards in another order
+        outs[i].backward(retain_graph=True)
+        torch.testing.assert_close(alone[i][0].grad, alone[i][2], rtol=0, atol=0)
+        alone[i][0].grad = None
+        outs[i].backward()  # twice on the same graph
+        torch.testing.assert_close(alone[i][0].grad, alone[i][2], rtol=0, atol=0)

@@ -145,7 +145,8 @@ def _fused(n_steps: int, t1: float) -> tuple[tuple[float, ...], tuple[float, ...
 # ----------------------------------------------------------------------------- paper path
 
 def _path(theta: torch.Tensor, seed: torch.Tensor, n_steps: int, t1: float,
-          keep: torch.Tensor | list | None = None, fm: bool | None = None) -> torch.Tensor:
+          keep: torch.Tensor | list | None = None, fm: bool | None = None,
+          need_w: bool | None = None) -> torch.Tensor:
     """DDIM from ``seed`` (index ``n-1``) down to index 1 in ``(K, N)`` layout; returns the
     rescaled state ``w_1`` (``x_1 = sigma_1 / sigma_{n-1} w_1``), a fresh tensor (never
     ``seed`` itself; eager with ``keep``: ``None``, the softmaxes are all that is wanted).
@@ -153,7 +154,8 @@ def _path(theta: torch.Tensor, seed: torch.Tensor, n_steps: int, t1: float,
     ``keep``, if given, receives ``p_{n-1}, ..., p_2`` (eager: a ``(n-2, K, N)`` buffer;
     compile/func: a list). Eager: three kernels per step, in place on scratch buffers
     (PyTorch's CPU allocator returns mid-sized blocks to the OS, so every fresh tensor costs
-    page faults). Under compile/func: out of place.
+    page faults). Under compile/func: out of place. ``need_w`` (eager; default: without
+    ``keep``): also compute ``w_1`` when keeping the softmaxes.
     """
     s, gamma = _fused(n_steps, t1)
     if functional_mode() if fm is None else fm:
@@ -173,7 +175,7 @@ def _path(theta: torch.Tensor, seed: torch.Tensor, n_steps: int, t1: float,
         q = p if keep is None else keep[j]
         torch._softmax(torch.add(theta, seed if w is None else w, alpha=s[i], out=z), 0, False,
                        out=q)
-        if keep is not None and i == 2:
+        if keep is not None and i == 2 and not need_w:
             break  # the backward sweep needs the softmaxes only, not w_1
         w = torch.add(seed, q, alpha=gamma[i]) if w is None else w.add_(q, alpha=gamma[i])
     return w
@@ -395,7 +397,20 @@ def _workspace(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
     if buf is None or buf.numel() < numel:
         buf = torch.empty(numel, dtype=dtype, device=device)
         cache[(dtype, slot)] = buf
+        _owners().pop((dtype, slot), None)  # what the old buffer held is gone
     return buf[:numel].view(shape)
+
+
+def _owners() -> dict:
+    """Per thread: ``(dtype, slot) -> key`` of the call whose values a buffer still holds."""
+    return _WORKSPACE.__dict__.setdefault("owners", {})
+
+
+def _path_key(theta: torch.Tensor, seed: torch.Tensor, n_steps: int, t1: float) -> tuple:
+    """Identifies one forward call's DDIM path while its saved ``theta`` and ``seed`` live
+    (their storage cannot be reused before the backward has run)."""
+    return (theta.data_ptr(), theta._version, seed.data_ptr(), seed._version, theta.shape,
+            n_steps, t1)
 
 
 class _ReDGE(torch.autograd.Function):
@@ -426,7 +441,16 @@ class _ReDGE(torch.autograd.Function):
                            alpha=al[1])
             soft = torch.softmax(torch.add(theta, x1, alpha=c[1]), 0)
         else:
-            soft = _soft_end(theta, _path(theta, noise, n_steps, t1, fm=fm), n_steps, t1, fm)
+            keep = None
+            if not fm and n_steps > 2 and theta.device.type == "cpu":
+                # keep the path's softmaxes in the backward sweep's buffer: a backward that
+                # follows before any other call on this thread reuses them (no recompute)
+                keep = _workspace((n_steps - 2, *theta.shape), theta.dtype, theta.device, 2)
+                _owners().pop((theta.dtype, 2), None)  # being overwritten
+            w1 = _path(theta, noise, n_steps, t1, keep=keep, fm=fm, need_w=True)
+            if keep is not None:
+                _owners()[(theta.dtype, 2)] = _path_key(theta, noise, n_steps, t1)
+            soft = _soft_end(theta, w1, n_steps, t1, fm)
             cdf = None if fm else _workspace(theta.shape, theta.dtype, theta.device, slot=3)
             idx = sample_index_kn(soft, u, theta, cdf)  # and the value check of the logits
         out = (one_hot(idx, logits.shape, theta.dtype, fm) if hard_out
@@ -502,7 +526,12 @@ def _backward_eager(theta, state, soft, idx, g, n_steps, t1, variant, exact):
         _, ps = _invert(theta, state, n_steps, t1, p1=soft)
     else:
         ps = _workspace((max(n_steps - 2, 0), k, n), theta.dtype, theta.device, slot=2)
-        _path(theta, state, n_steps, t1, keep=ps, fm=False)  # [p_{n-1}, ..., p_2]
+        key = _path_key(theta, state, n_steps, t1)
+        owners = _owners()
+        if owners.get((theta.dtype, 2)) != key:  # else the forward's softmaxes are still there
+            owners.pop((theta.dtype, 2), None)
+            _path(theta, state, n_steps, t1, keep=ps, fm=False)  # [p_{n-1}, ..., p_2]
+            owners[(theta.dtype, 2)] = key
     h = _sbd(gk, soft, ws(4))
     grad = None  # None: the same as h so far
     if variant == "max":
