@@ -5,6 +5,7 @@ from samplegrad import spectral
 model = spectral.fit(data, degree=3, max_active=2, whiten="zca")  # no optimizer
 x = spectral.sample(model, 1000, n_steps=100, sampler="sde")      # or sampler="ode"
 s = model.score(x, t=0.1)                                         # (N, d)
+tilted, info = spectral.tilt(model, reward, lam=0.5, data=data)   # p0 exp(R / lam): one solve
 ```
 """
 
@@ -27,12 +28,13 @@ from samplegrad.spectral.samplers import (
     tweedie_denoise,
 )
 from samplegrad.spectral.system import GramTerms, gram_terms, ou_expectation, rhs, solve_system
+from samplegrad.spectral.tilt import SpectralEps, effective_sample_size, tilt, tilt_weights
 
 __all__ = [
-    "Affine", "GaussianMixture", "GramTerms", "HermiteBasis", "NeuralConfig",
-    "NeuralScoreModel", "SpectralConfig", "SpectralScoreModel", "basis_size",
+    "Affine", "GaussianMixture", "GramTerms", "HermiteBasis", "NeuralConfig", "NeuralScoreModel",
+    "SpectralConfig", "SpectralEps", "SpectralScoreModel", "basis_size", "effective_sample_size",
     "energy_distance", "fit", "gram_terms", "mmd_rbf", "ou_expectation", "random_mixture",
     "relative_score_error", "rhs", "sample", "sample_metrics", "sample_probability_flow",
-    "sample_reverse_sde", "sampling_times", "sliced_wasserstein", "solve_system", "time_grid",
-    "train_dsm", "tweedie_denoise",
+    "sample_reverse_sde", "sampling_times", "sliced_wasserstein", "solve_system", "tilt",
+    "tilt_weights", "time_grid", "train_dsm", "tweedie_denoise",
 ]

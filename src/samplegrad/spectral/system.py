@@ -23,15 +23,18 @@ from samplegrad.spectral.basis import HermiteBasis
 from samplegrad.spectral.hermite import hermite_table, linearization_table
 
 
-def hermite_moments(data: Tensor, coords: Tensor, degs: Tensor, chunk: int = 4_000_000) -> Tensor:
+def hermite_moments(data: Tensor, coords: Tensor, degs: Tensor, chunk: int = 4_000_000,
+                    weights: Tensor | None = None) -> Tensor:
     """``E_data[prod_r h_{degs[g, r]}(x_{coords[g, r]})]``: data ``(N, d)``, ``(G, S)`` -> ``(G,)``.
 
     Computed in float64 from a ``(d * (deg + 1), N)`` table by row gathers, in chunks of
-    about ``chunk`` numbers.
+    about ``chunk`` numbers. ``weights (N,)`` (summing to 1) replace the plain mean by the
+    weighted average ``sum_i w_i (...)(x_i)`` (the reward tilt, :mod:`.tilt`).
     """
     x = data.to(torch.float64)
     N = x.shape[0]
     coords, degs = coords.to(x.device), degs.to(x.device)
+    w = None if weights is None else weights.to(device=x.device, dtype=torch.float64)
     deg = int(degs.max()) if degs.numel() else 0
     rows = hermite_table(x, deg).permute(1, 2, 0).reshape(-1, N)  # (d * (deg+1), N)
     flat = coords * (deg + 1) + degs  # (G, S)
@@ -41,7 +44,8 @@ def hermite_moments(data: Tensor, coords: Tensor, degs: Tensor, chunk: int = 4_0
     for s in range(0, G, step):
         idx = flat[s:s + step]
         vals = rows.index_select(0, idx.reshape(-1)).view(idx.shape[0], S, N)
-        out[s:s + step] = vals.prod(1).mean(1)
+        prod = vals.prod(1)
+        out[s:s + step] = prod.mean(1) if w is None else prod @ w
     return out
 
 
@@ -139,9 +143,11 @@ def _expand_branches(mn: Tensor) -> tuple[Tensor, Tensor]:
     return src, rr
 
 
-def gram_terms(basis: HermiteBasis, data: Tensor, chunk: int = 2_000_000) -> GramTerms:
+def gram_terms(basis: HermiteBasis, data: Tensor, chunk: int = 2_000_000,
+               weights: Tensor | None = None) -> GramTerms:
     """Expand ``A(t)`` for ``basis`` into data moments (see module docstring). Data ``(N, d)``;
-    everything is computed on the data's device."""
+    everything is computed on the data's device. ``weights (N,)`` (summing to 1): weighted
+    data averages instead of plain means (:func:`samplegrad.spectral.tilt`)."""
     if not isinstance(basis, HermiteBasis):
         raise TypeError(f"basis: must be a HermiteBasis, got {type(basis).__name__}")
     check_points(data, "data", basis.dim, min_rows=1)
@@ -170,7 +176,7 @@ def gram_terms(basis: HermiteBasis, data: Tensor, chunk: int = 2_000_000) -> Gra
     ucode = (ukeys.unsqueeze(1) // radix) % (d * base + 1)  # (G, S)
     ucrd, udeg = torch.where(ucode > 0, (ucode - 1) // base, 0), torch.where(
         ucode > 0, (ucode - 1) % base + 1, 0)
-    mom = hermite_moments(data, ucrd, udeg, chunk=chunk)
+    mom = hermite_moments(data, ucrd, udeg, chunk=chunk, weights=weights)
     power = g_deg.sum(1)
     value = weight[src] * coef * mom[inv]
     rows, cols = ks[e1][src], ks[e2][src]
