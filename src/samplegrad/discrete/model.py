@@ -69,7 +69,8 @@ def check_tokens(x: Tensor, vocab_size: int | None, seq_len: int | None = None, 
 
 
 class Denoiser(nn.Module):
-    """Pre-norm transformer encoder: tokens ``(B, L)`` -> logits ``(B, L, vocab_size)``.
+    """Pre-norm transformer encoder: tokens ``(B, L)`` (or one-hot / soft tokens ``(B, L,
+    vocab_size + 1)``, see :meth:`forward`) -> logits ``(B, L, vocab_size)``.
 
     Built on ``device`` (default: torch's default device), like torch's own layers.
     """
@@ -90,6 +91,19 @@ class Denoiser(nn.Module):
         self.head = nn.Linear(c.width, c.vocab_size, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = check_tokens(x, self.config.vocab_size, self.config.seq_len)
-        h = self.tok(x) + self.pos
+        """``x``: integer tokens ``(B, L)``, or float one-hot / soft tokens ``(B, L, V + 1)``
+        (a distribution over the ids ``0..V``, the last being [MASK]; the embedding is then
+        applied as the matmul ``x @ tok.weight``, which equals the lookup on one-hot rows
+        and lets gradients flow into ``x``: :mod:`samplegrad.discrete.finetune` feeds the
+        sampler's relaxed draws back in this way)."""
+        c = self.config
+        if isinstance(x, Tensor) and x.is_floating_point():
+            if x.ndim != 3 or x.shape[1:] != (c.seq_len, c.vocab_size + 1):
+                raise ValueError(f"x must have an integer dtype (token ids (B, {c.seq_len}))"
+                                 f" or be float one-hot / soft tokens (B, {c.seq_len}, "
+                                 f"{c.vocab_size + 1}); got {x.dtype} {tuple(x.shape)}")
+            h = x.to(self.tok.weight.dtype) @ self.tok.weight + self.pos
+        else:
+            x = check_tokens(x, c.vocab_size, c.seq_len)
+            h = self.tok(x) + self.pos
         return self.head(self.norm(self.blocks(h)))
