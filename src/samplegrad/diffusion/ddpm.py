@@ -57,11 +57,15 @@ def _on(sched: SamplerSchedule, device: torch.device) -> SamplerSchedule:
 
 
 def ddpm_loss(model: EpsModel, x0: Tensor, alpha_bars: Tensor,
-              generator: torch.Generator | None = None) -> Tensor:
+              generator: torch.Generator | None = None, *, shard: slice | None = None) -> Tensor:
     """Mean squared noise-prediction error at uniform random timesteps (DDPM's L_simple).
 
     ``x0`` ``(N, *shape)`` clean data (scaled to [-1, 1]); ``alpha_bars`` ``(n_train,)``. The
     timesteps and noise are drawn on ``x0``'s device (``generator`` must live there).
+    ``shard`` (data parallelism, see :mod:`samplegrad.distributed`): ``x0`` is the global
+    batch, timesteps and noise are drawn for all of it, and only the items ``x0[shard]`` go
+    through the model; the result is their share of the global mean (summed over the ranks'
+    shards: the one-process loss).
     """
     check_tensor(x0, "x0", floating=True)
     if x0.dim() < 2 or x0.shape[0] < 1:
@@ -74,8 +78,13 @@ def ddpm_loss(model: EpsModel, x0: Tensor, alpha_bars: Tensor,
     t = torch.randint(0, alpha_bars.shape[0], (n,), generator=generator, device=x0.device)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     ab = _bcast(alpha_bars.to(x0.device)[t], x0)
+    if shard is not None:
+        x0, eps, t, ab = x0[shard], eps[shard], t[shard], ab[shard]
     xt = ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
-    return (predict_eps(model, xt, t) - eps).pow(2).mean()
+    err = (predict_eps(model, xt, t) - eps).pow(2)
+    if shard is None:
+        return err.mean()
+    return err.sum() / (n * err[0].numel()) if err.shape[0] else err.sum()
 
 
 def step_mean(model: EpsModel, x: Tensor, step: Tensor | int, sched: SamplerSchedule) -> Tensor:

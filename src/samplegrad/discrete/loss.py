@@ -28,11 +28,15 @@ def mask_tokens(x0: Tensor, t: Tensor, mask_id: int,
 
 def masked_diffusion_loss(model: nn.Module, x0: Tensor, *, weighting: str = "elbo",
                           t_min: float = 1e-3,
-                          generator: torch.Generator | None = None) -> Tensor:
+                          generator: torch.Generator | None = None,
+                          shard: slice | None = None) -> Tensor:
     """Scalar loss on clean tokens ``x0`` ``(B, L)``: negative ELBO per token (``"elbo"``)
     or masked-token cross-entropy (``"unweighted"``). ``model(x_t)`` -> ``(B, L, V)``.
 
     ``t`` is drawn by stratified ("antithetic") sampling over the batch for lower variance.
+    ``shard`` (data parallelism, see :mod:`samplegrad.distributed`): ``x0`` is the global
+    batch, ``t`` and the masks are drawn for all of it, only ``x0[shard]`` goes through the
+    model, and the result is this shard's share of the global loss (the shares sum to it).
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}; got {weighting!r}")
@@ -44,10 +48,17 @@ def masked_diffusion_loss(model: nn.Module, x0: Tensor, *, weighting: str = "elb
     u0 = torch.rand((), generator=generator, device=x0.device)
     t = ((u0 + torch.arange(b, device=x0.device) / b) % 1.0) * (1 - t_min) + t_min
     xt, masked = mask_tokens(x0, t, cfg.mask_id, generator)
+    if shard is not None:  # this rank's items; normalized by the global batch below
+        n_masked = masked.sum().clamp_min(1)
+        x0, xt, masked, t = x0[shard], xt[shard], masked[shard], t[shard]
     logits = model(xt)
     nll = nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size), x0.reshape(-1),
-                                      reduction="none").reshape(b, length)
+                                      reduction="none").reshape(x0.shape[0], length)
     nll = nll * masked
+    if shard is not None:
+        if weighting == "elbo":
+            return (nll.sum(1) / t).sum() / b / length
+        return nll.sum() / n_masked
     if weighting == "elbo":
         return (nll.sum(1) / t).mean() / length
     return nll.sum() / masked.sum().clamp_min(1)

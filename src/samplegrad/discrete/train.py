@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from samplegrad import distributed as _dist
 from samplegrad._config import check_choice, check_int, check_real
 from samplegrad._optim import OptimizerFactory, check_lr, check_optimizer_name, make_optimizer
 from samplegrad.checkpoint import load_checkpoint, save_checkpoint
@@ -103,6 +104,11 @@ def train_step(state: MDMTrainState, data: Tensor,
     Returns ``(state, {"loss": float, "lr": float})``; ``state`` is advanced in place (the
     same object is returned). ``data`` may live on any device; the batch moves to the
     model's.
+
+    Under ``torch.distributed`` (:func:`samplegrad.distributed.init_from_env`) every rank
+    draws the same global batch and masks from ``state.generator`` (seeded alike), runs its
+    shard of the items, and the gradients are summed over ranks before clipping: the same
+    step as one process, up to the order of floating-point additions.
     """
     device = _device(state.model)
     idx = torch.randint(len(data), (cfg.batch_size,), generator=state.generator,
@@ -112,10 +118,15 @@ def train_step(state: MDMTrainState, data: Tensor,
     for g in state.optimizer.param_groups:
         g["lr"] = lr
     state.model.train()
+    parallel = _dist.world().distributed
     loss = masked_diffusion_loss(state.model, batch, weighting=cfg.weighting,
-                                 generator=state.generator)
+                                 generator=state.generator,
+                                 shard=_dist.shard(len(batch)) if parallel else None)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if parallel:
+        _dist.all_reduce_grads(state.model, op="sum")
+        loss = _dist.all_reduce(loss.detach().clone())
     torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
     state.optimizer.step()
     state.step += 1

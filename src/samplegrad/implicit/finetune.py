@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from samplegrad import distributed as _dist
 from samplegrad._config import check_int, check_real
 from samplegrad._optim import OptimizerFactory, check_lr, check_optimizer_name, make_optimizer
 from samplegrad._validation import validation_enabled
@@ -66,8 +67,8 @@ adjoint)."""
 
 __all__ = [
     "FinetuneConfig", "FinetuneState", "UnrolledState", "adjoint_grad", "adjoint_step",
-    "advance", "finetune_init", "finetune_step", "path_kl", "unrolled_init", "unrolled_loss",
-    "unrolled_step",
+    "advance", "finetune_init", "finetune_step", "load_queue_state_dict", "path_kl",
+    "queue_state_dict", "unrolled_init", "unrolled_loss", "unrolled_step",
 ]
 
 
@@ -294,12 +295,15 @@ def adjoint_step(model: nn.Module, params: Params, ref_params: Params | None, x:
 
 def adjoint_grad(model: nn.Module, params: Params, ref_params: Params | None, path: Tensor,
                  sched: SamplerSchedule, reward_fn: RewardFn,
-                 kl_weight: float = 0.0) -> tuple[Params, dict[str, float]]:
+                 kl_weight: float = 0.0, *,
+                 n_total: int | None = None) -> tuple[Params, dict[str, float]]:
     """Gradient of ``loss = -mean_n [R(x_0) - kl_weight * sum_j k_j]`` along ``path``.
 
     ``path`` ``(T+1, N, *shape)`` with ``path[j] = x_j`` (noise held fixed: only the states
     are needed). Every step is recomputed with ``params``. Returns ``(grads, info)`` with
-    ``info = {"reward": mean R(x_0), "kl": mean sum_j k_j}``.
+    ``info = {"reward": mean R(x_0), "kl": mean sum_j k_j}``. ``n_total``: the size of the
+    whole population when ``path`` holds one rank's shard of it (the mean is then over
+    ``n_total`` samples, so the ranks' gradients sum to the whole population's).
     """
     _check_path(path, _check_sched(sched))
     _check_reward_fn(reward_fn)
@@ -308,13 +312,13 @@ def adjoint_grad(model: nn.Module, params: Params, ref_params: Params | None, pa
         raise ValueError("ref_params: is required when kl_weight > 0")
     check_finite(path, "path")
     sched = _schedule_on(sched, path.device)
-    n = path.shape[1]
+    n = path.shape[1] if n_total is None else int(n_total)
     x0 = path[0].detach().requires_grad_(True)
     with torch.enable_grad():
         r = _reward(reward_fn, x0)
         (a,) = torch.autograd.grad(r.sum() / n, x0)
     acc = [torch.zeros_like(p) for p in params.values()]
-    kl = path.new_zeros(n)
+    kl = path.new_zeros(path.shape[1])
     for j in range(sched.n_steps):
         a, gp, k = adjoint_step(model, params, ref_params, path[j + 1], j, a, sched,
                                 kl_weight / n)
@@ -323,6 +327,17 @@ def adjoint_grad(model: nn.Module, params: Params, ref_params: Params | None, pa
         kl += k
     grads = {name: -g for name, g in zip(params, acc)}  # ascent on J -> descent on loss
     return grads, {"reward": r.detach().mean().item(), "kl": kl.mean().item()}
+
+
+def _global_means(info: dict[str, float], n_local: int, n_total: int) -> dict[str, float]:
+    """Per-rank means of ``n_local`` samples -> means over all ``n_total`` (one collective)."""
+    keys = sorted(info)
+    v = torch.tensor([info[k] * n_local for k in keys], dtype=torch.float64,
+                     device=torch.device("cpu"))
+    if _dist.world().backend == "nccl":
+        v = v.to(_dist.world().device)
+    _dist.all_reduce(v)
+    return {k: float(x) / n_total for k, x in zip(keys, v.tolist())}
 
 
 # ---------------------------------------------------------------- queue (implicit)
@@ -338,6 +353,8 @@ class FinetuneState:
     stage: Tensor  # (T,) long
     generator: torch.Generator  # the sampler noise, on the model's device
     iteration: int = 0
+    pop_size: int | None = None  # N of the whole population (None: all held here)
+    shard: slice | None = None  # this rank's samples of every population (data parallel)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -345,12 +362,26 @@ class FinetuneState:
         return tuple(self.paths.shape[3:])
 
 
+def _global_randn(shape: tuple[int, ...], generator: torch.Generator, like: Tensor,
+                  pop_size: int | None, shard: slice | None, dim: int) -> Tensor:
+    """Gaussian noise drawn for the whole population (size ``pop_size`` along ``dim``) and
+    cut to ``shard``: the same numbers per sample whatever the number of ranks."""
+    if shard is None:
+        return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+    full = list(shape)
+    full[dim] = pop_size
+    return torch.randn(full, generator=generator, dtype=like.dtype,
+                       device=like.device).narrow(dim, shard.start, shard.stop - shard.start)
+
+
 def advance(model: nn.Module, paths: Tensor, stage: Tensor, slots: Tensor,
-            sched: SamplerSchedule, generator: torch.Generator) -> None:
+            sched: SamplerSchedule, generator: torch.Generator, *,
+            pop_size: int | None = None, shard: slice | None = None) -> None:
     """Advance populations ``slots`` by one sampler step each, in ONE call of ``model``.
 
     Writes the new states into ``paths`` ``(T, T + 1, N, *shape)`` and increments ``stage``
-    ``(T,)`` in place.
+    ``(T,)`` in place. With ``shard`` (data parallel) ``paths`` holds samples ``shard`` of
+    populations of ``pop_size``; the noise is drawn for all ``pop_size`` and cut.
     """
     t_total = sched.n_steps
     if slots.numel() == 0:
@@ -361,7 +392,7 @@ def advance(model: nn.Module, paths: Tensor, stage: Tensor, slots: Tensor,
     n, shape = paths.shape[2], paths.shape[3:]
     j = t_total - stage[slots] - 1  # step index of each population
     cur = paths[slots, j + 1]  # (S, N, *shape)
-    noise = torch.randn(cur.shape, generator=generator, dtype=paths.dtype, device=paths.device)
+    noise = _global_randn(tuple(cur.shape), generator, paths, pop_size, shard, 1)
     rows = j.repeat_interleave(n)
     with torch.no_grad():
         mu = step_mean(model, cur.reshape(-1, *shape), rows, sched)
@@ -383,6 +414,12 @@ def finetune_init(model: nn.Module, sched: SamplerSchedule, cfg: FinetuneConfig,
     frozen copy of them as the KL reference. Costs ``T - 1`` batched network calls (the
     warm-up); afterwards every :func:`finetune_step` emits one finished population. Paths and
     noise live on the device and in the dtype of the first trainable parameter.
+
+    Under ``torch.distributed`` (:func:`samplegrad.distributed.init_from_env`) each rank
+    holds its :func:`~samplegrad.distributed.shard` of every population (``pop_size /
+    world_size`` samples), the noise is drawn for the whole population from the shared seed
+    and cut, and :func:`finetune_step` sums the adjoint gradients over ranks: the same
+    iterates as one process, up to the order of floating-point additions.
     """
     _check_sched(sched)
     _check_cfg(cfg)
@@ -396,14 +433,16 @@ def finetune_init(model: nn.Module, sched: SamplerSchedule, cfg: FinetuneConfig,
     sched = _schedule_on(sched, device)
     _probe(model, shape, sched, dtype, device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    paths = torch.zeros(t_total, t_total + 1, cfg.pop_size, *shape, dtype=dtype, device=device)
-    paths[:, t_total] = torch.randn(t_total, cfg.pop_size, *shape, generator=gen, dtype=dtype,
-                                    device=device)
+    sl = _dist.shard(cfg.pop_size) if _dist.world().distributed else None
+    n = cfg.pop_size if sl is None else sl.stop - sl.start
+    paths = torch.zeros(t_total, t_total + 1, n, *shape, dtype=dtype, device=device)
+    paths[:, t_total] = _global_randn((t_total, n, *shape), gen, paths, cfg.pop_size, sl, 1)
     stage = torch.zeros(t_total, dtype=torch.long, device=device)
     slots = torch.arange(t_total, device=device)
     for i in range(t_total - 1):
-        advance(model, paths, stage, slots[i + 1:], sched, gen)
-    return FinetuneState(opt, ref, paths, stage, gen)
+        advance(model, paths, stage, slots[i + 1:], sched, gen, pop_size=cfg.pop_size,
+                shard=sl)
+    return FinetuneState(opt, ref, paths, stage, gen, pop_size=cfg.pop_size, shard=sl)
 
 
 def finetune_step(state: FinetuneState, model: nn.Module, sched: SamplerSchedule,
@@ -431,24 +470,67 @@ def finetune_step(state: FinetuneState, model: nn.Module, sched: SamplerSchedule
     stage0, rng0 = state.stage.clone(), state.generator.get_state()
     try:
         advance(model, state.paths, state.stage,
-                torch.arange(t_total, device=state.stage.device), sched, state.generator)
+                torch.arange(t_total, device=state.stage.device), sched, state.generator,
+                pop_size=state.pop_size, shard=state.shard)
         done = (state.stage == t_total).nonzero().flatten()
         if done.numel() != 1:
             raise ValueError(f"state: corrupt queue, {done.numel()} populations finished at "
                              "once")
         p = int(done[0])
         grads, info = adjoint_grad(model, params, state.ref_params, state.paths[p], sched,
-                                   reward_fn, cfg.kl_weight)
+                                   reward_fn, cfg.kl_weight,
+                                   n_total=state.pop_size if state.shard else None)
     except BaseException:  # e.g. a bad reward: the queue is left as it was (retry possible)
         state.stage.copy_(stage0)
         state.generator.set_state(rng0)
         raise
+    if state.shard is not None:  # data parallel: sum the ranks' shares of the gradient
+        flat = torch.cat([g.reshape(-1) for g in grads.values()])
+        _dist.all_reduce(flat)
+        grads = dict(zip(grads, flat.split([g.numel() for g in grads.values()])))
+        grads = {k: g.view_as(params[k]) for k, g in grads.items()}
+        info = _global_means(info, state.paths.shape[2], state.pop_size)
     info["grad_norm"] = _apply(state.optimizer, params, grads)
-    state.paths[p, t_total] = torch.randn(state.paths.shape[2:], generator=state.generator,
-                                          dtype=state.paths.dtype, device=state.paths.device)
+    state.paths[p, t_total] = _global_randn(tuple(state.paths.shape[2:]), state.generator,
+                                            state.paths, state.pop_size, state.shard, 0)
     state.stage[p] = 0
     info["finished_slot"] = p
     return dataclasses.replace(state, iteration=state.iteration + 1), info
+
+
+def queue_state_dict(state: FinetuneState) -> dict:
+    """The whole queue as plain tensors (``paths`` of every rank gathered to the full
+    population, ``stage``, the generator's state, the optimizer's state, the KL reference
+    and ``iteration``): what rank 0 checkpoints. A collective under ``torch.distributed``:
+    every rank must call it."""
+    paths = state.paths if state.shard is None else _dist.gather(state.paths, dim=2)
+    return {"paths": paths.detach().cpu(), "stage": state.stage.cpu(),
+            "generator": state.generator.get_state(),
+            "optimizer": state.optimizer.state_dict(),
+            "ref_params": {k: v.cpu() for k, v in state.ref_params.items()},
+            "iteration": state.iteration}
+
+
+def load_queue_state_dict(state: FinetuneState, blob: dict) -> FinetuneState:
+    """Restore a :func:`queue_state_dict` into ``state`` (built by :func:`finetune_init` for
+    the same model, schedule and config), keeping this rank's shard of every population: a
+    queue saved on any number of ranks resumes on any other. Restore the model's parameters
+    separately (``model.load_state_dict``)."""
+    full = blob["paths"]
+    if full.shape[:2] != state.paths.shape[:2] or full.shape[3:] != state.paths.shape[3:]:
+        raise ValueError(f"blob: the saved queue has paths {tuple(full.shape)}, this state "
+                         f"{tuple(state.paths.shape)} (different schedule or event shape)")
+    n = state.pop_size if state.pop_size is not None else state.paths.shape[2]
+    if full.shape[2] != n:
+        raise ValueError(f"blob: saved population size {full.shape[2]}, this config {n}")
+    local = full if state.shard is None else full[:, :, state.shard]
+    state.paths.copy_(local.to(state.paths.device))
+    state.stage.copy_(blob["stage"].to(state.stage.device))
+    state.generator.set_state(blob["generator"])
+    state.optimizer.load_state_dict(blob["optimizer"])
+    for k, v in blob["ref_params"].items():
+        state.ref_params[k].copy_(v.to(state.ref_params[k].device))
+    return dataclasses.replace(state, iteration=int(blob["iteration"]))
 
 
 # ---------------------------------------------------------------- unrolled baseline
@@ -510,7 +592,9 @@ def unrolled_step(state: UnrolledState, model: nn.Module, sched: SamplerSchedule
                   reward_fn: RewardFn, cfg: FinetuneConfig
                   ) -> tuple[UnrolledState, dict[str, float]]:
     """One theta step of the baseline: T sequential steps with graph, then backward, then
-    one optimizer step on ``model`` (in place). ``info``: ``reward``, ``kl``, ``grad_norm``."""
+    one optimizer step on ``model`` (in place). ``info``: ``reward``, ``kl``, ``grad_norm``.
+    Under ``torch.distributed`` each rank runs its shard of the population (noise drawn for
+    all of it) and the gradients are summed over ranks."""
     if not isinstance(state, UnrolledState):
         raise TypeError(f"state: must be an UnrolledState from unrolled_init, got "
                         f"{type(state).__name__}")
@@ -520,10 +604,20 @@ def unrolled_step(state: UnrolledState, model: nn.Module, sched: SamplerSchedule
     p0 = next(iter(params.values()))
     noise = draw_noise(sched, cfg.pop_size, state.shape, state.generator, p0.dtype,
                        device=p0.device)
+    sl = _dist.shard(cfg.pop_size) if _dist.world().distributed else None
+    if sl is not None:  # data parallel: the whole population's noise, this rank's samples
+        noise = noise[:, sl]
     loss, info = unrolled_loss(model, params, state.ref_params, noise, sched, reward_fn,
                                cfg.kl_weight)
+    if sl is not None:  # this rank's share of the population mean
+        loss = loss * (noise.shape[1] / cfg.pop_size)
     g = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     grads = {k: torch.zeros_like(p) if gi is None else gi
              for (k, p), gi in zip(params.items(), g)}
+    if sl is not None:
+        flat = _dist.all_reduce(torch.cat([gi.reshape(-1) for gi in grads.values()]))
+        grads = {k: gi.view_as(params[k])
+                 for k, gi in zip(grads, flat.split([p.numel() for p in params.values()]))}
+        info = _global_means(info, noise.shape[1], cfg.pop_size)
     info["grad_norm"] = _apply(state.optimizer, params, grads)
     return dataclasses.replace(state, iteration=state.iteration + 1), info

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from samplegrad import distributed as sgd
 from samplegrad.checkpoint import (
     DeferredInterrupt,
     load_checkpoint,
@@ -76,13 +77,20 @@ def train_ddpm(cfg: DDPMTrainConfig, weights: Path | None = None, *,
     streams, the step, the logged losses and the smoothed loss, so a resumed run writes
     exactly what an uninterrupted one writes. Ctrl-C saves a checkpoint of the last finished
     step before stopping. ``fresh``: delete existing checkpoints first.
+
+    Under ``torchrun`` (data parallel, :mod:`samplegrad.distributed`): every rank draws the
+    same global minibatch, timesteps and noise, runs its shard of the items, and the
+    gradients are summed; rank 0 writes the checkpoints and the weights, the others wait.
     """
     if cfg.steps < 1:
         raise ValueError(f"cfg.steps must be >= 1, got {cfg.steps}")
     weights = default_weights() if weights is None else Path(weights)
     ckpt = weights.with_name(weights.name + ".ckpt")
-    if fresh:
+    w = sgd.init_from_env(backend="gloo")  # this trainer runs on the CPU
+    verbose = verbose and w.is_main
+    if fresh and w.is_main:
         remove_checkpoint(ckpt)
+    sgd.barrier()
     torch.manual_seed(cfg.seed)
     x = load_digits("train")[0] * 2.0 - 1.0
     alpha_bars = linear_alpha_bars(cfg.n_train)
@@ -108,16 +116,23 @@ def train_ddpm(cfg: DDPMTrainConfig, weights: Path | None = None, *,
     t0 = time.perf_counter()
 
     def checkpoint(step: int) -> None:
-        save_training_state(ckpt, stateful, step=step, config=asdict(cfg), losses=losses,
-                            running=running, seconds=prior_seconds + time.perf_counter() - t0)
+        if w.is_main:  # rank 0 writes (atomically); the others wait
+            save_training_state(ckpt, stateful, step=step, config=asdict(cfg), losses=losses,
+                                running=running,
+                                seconds=prior_seconds + time.perf_counter() - t0)
+        sgd.barrier()
 
     bar = progress(range(start, cfg.steps), desc="train-ddpm", total=cfg.steps, initial=start)
     with DeferredInterrupt() as stop:
         for step in bar:
             idx = torch.randint(0, len(x), (cfg.batch_size,), generator=gen)
-            loss = ddpm_loss(model, x[idx], alpha_bars, gen)
+            loss = ddpm_loss(model, x[idx], alpha_bars, gen,
+                             shard=sgd.shard(cfg.batch_size) if w.distributed else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if w.distributed:
+                sgd.all_reduce_grads(model, op="sum")
+                loss = sgd.all_reduce(loss.detach().clone())
             opt.step()
             sched.step()
             with torch.no_grad():
@@ -127,13 +142,18 @@ def train_ddpm(cfg: DDPMTrainConfig, weights: Path | None = None, *,
             if step % 100 == 0:
                 losses.append((step, running))
                 bar.set_postfix(loss=f"{running:.4f}")
+            if w.distributed:  # every rank stops (and saves) at the same step
+                flag = torch.tensor([float(stop.requested)])
+                stop.requested = bool(sgd.all_reduce(flag, "max")[0])
             if stop.requested or (step + 1 < cfg.steps and (step + 1) % ckpt_every == 0):
                 checkpoint(step + 1)
             stop.raise_if_requested()
     seconds = prior_seconds + time.perf_counter() - t0
-    save_checkpoint(weights, {"config": asdict(cfg), "state_dict": ema.state_dict(),
-                              "losses": losses}, keep_previous=False)
-    remove_checkpoint(ckpt)
+    if w.is_main:
+        save_checkpoint(weights, {"config": asdict(cfg), "state_dict": ema.state_dict(),
+                                  "losses": losses}, keep_previous=False)
+        remove_checkpoint(ckpt)
+    sgd.barrier()
     summary = {"config": asdict(cfg), "weights": str(weights), "seconds": seconds,
                "final_loss_ema": running, "losses": losses}
     if verbose:
