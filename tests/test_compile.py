@@ -43,6 +43,8 @@ ESTIMATORS = {
     "gumbel_soft": (SHAPE, lambda l: (sg.gumbel_softmax(l, 0.5) * W).sum()),
     "gumbel_hard": (SHAPE, lambda l: (sg.gumbel_softmax(l, 0.5, hard=True) * W).sum()),
     "reinmax": (SHAPE, lambda l: (sg.reinmax(l, 1.5) * W).sum()),
+    "gumbel_rao": (SHAPE, lambda l: (sg.gumbel_rao(l, 0.5, 4) * W).sum()),
+    "gst": (SHAPE, lambda l: (sg.gst(l, 0.7, 0.5) * W).sum()),
     "reinforce": (SHAPE, lambda l: sg.reinforce(f_obj, l, 3, baseline=1.0)),
     "rloo": (SHAPE, lambda l: sg.rloo(f_obj, l, 3)),
     "exact": (SHAPE[1:2] + (3,), lambda l: sg.surrogate(f_small, l, method="exact")),

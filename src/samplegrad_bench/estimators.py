@@ -44,10 +44,29 @@ def _register_peers() -> None:
 _register_peers()
 
 
-def bench_methods(include_peer: bool = True, include_exact: bool = False) -> list[str]:
-    """Registered estimators (minus ``exact`` unless asked; minus peers unless asked)."""
+def bench_methods(include_peer: bool = True, include_exact: bool = False,
+                  include_bounds: bool = False) -> list[str]:
+    """Registered estimators (minus ``exact`` unless asked; minus peers unless asked; minus
+    the multi-sample-bound methods, VIMCO, unless asked: they do not estimate ``E[f]``, so
+    only the VAE benchmark's IWAE objective runs them)."""
     return [m for m in sg.methods()
-            if (include_exact or m != "exact") and (include_peer or m not in PEERS)]
+            if (include_exact or m != "exact") and (include_peer or m not in PEERS)
+            and (include_bounds or get_method(m).kind != "bound")]
+
+
+def unsupported(name: str, n_samples: int = 1, n_classes: int | None = None) -> str | None:
+    """Why ``name`` cannot run with ``n_samples`` draws on ``n_classes`` classes (a note for
+    the benchmark tables: ARM/DisARM are binary and take pairs, ARMS and the unordered-set
+    estimator need two draws or more, the unordered-set estimator at most 8), or ``None``
+    when it can."""
+    m = get_method(name)
+    if m.n_classes is not None and n_classes is not None and n_classes != m.n_classes:
+        return f"{name}: binary variables only (K = {m.n_classes}), here K = {n_classes}"
+    if not m.supports(n_samples, n_classes):
+        even = " and even" if m.even_samples else ""
+        top = f" and <= {m.max_samples}" if m.max_samples is not None else ""
+        return f"{name}: needs n_samples >= {m.min_samples}{even}{top}, here {n_samples}"
+    return None
 
 
 def default_knobs(name: str) -> dict[str, Any]:
@@ -60,6 +79,17 @@ def is_score_function(name: str) -> bool:
     return get_method(name).kind == "score"
 
 
+def with_state(name: str, knobs: dict[str, Any]) -> dict[str, Any]:
+    """``knobs`` plus a fresh per-run state for the estimators that keep one across steps
+    (RELAX's learned control variate, ``control=``); a copy of ``knobs`` for the others.
+    Call it once per optimization run and pass the result at every step, so the state
+    keeps training (one state per problem shape)."""
+    out = dict(knobs)
+    if get_method(name).fn is sg.relax and out.get("control") is None:
+        out["control"] = sg.relax_init()
+    return out
+
+
 def estimate(f: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor, name: str,
              n_samples: int = 1, **knobs: Any) -> torch.Tensor:
     """:func:`samplegrad.surrogate` under the name the runners use."""
@@ -67,3 +97,21 @@ def estimate(f: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor, na
 
 
 sampler = sg.sampler
+
+
+# benchmark caps on n_samples for the estimators whose cost grows faster than linearly in it:
+# ARMS weighs all n (n - 1) / 2 pairs (O(n^2)), the unordered-set estimator sums n! orders
+BENCH_MAX_SAMPLES = {"arms": 16, "unordered_set": 8}
+
+
+def fit_n_samples(name: str, n_samples: int) -> int:
+    """The ``n_samples`` nearest the one asked that ``name`` accepts (RLOO, ARMS, the
+    unordered-set estimator: at least 2; ARM/DisARM: the next even number; the unordered-set
+    estimator: at most 8; ARMS, in the benchmarks: at most 16, see ``BENCH_MAX_SAMPLES``)."""
+    m = get_method(name)
+    n = max(n_samples, m.min_samples, 2 if name == "rloo" else 1)
+    if m.max_samples is not None:
+        n = min(n, m.max_samples)
+    if name in BENCH_MAX_SAMPLES:
+        n = min(n, BENCH_MAX_SAMPLES[name])
+    return n + 1 if m.even_samples and n % 2 else n

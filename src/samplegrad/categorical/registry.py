@@ -15,10 +15,16 @@ from samplegrad.categorical._checks import (
     check_n_samples,
     check_objective_values,
 )
+from samplegrad.categorical.antithetic import arm_categorical, arms, disarm_categorical
 from samplegrad.categorical.exact import exact
+from samplegrad.categorical.gapped import gst
+from samplegrad.categorical.gumbel_rao import gumbel_rao
+from samplegrad.categorical.rebar import rebar, relax
 from samplegrad.categorical.redge import redge
 from samplegrad.categorical.relaxed import gumbel_softmax, reinmax, straight_through
 from samplegrad.categorical.score_function import reinforce, rloo
+from samplegrad.categorical.unordered_set import unordered_set
+from samplegrad.categorical.vimco import vimco
 
 
 @dataclass(frozen=True)
@@ -26,17 +32,33 @@ class Method:
     """A registered estimator: how to call it and its default knobs."""
 
     name: str
-    kind: str  # "pathwise" (logits -> sample with gradient), "score" (needs f), "exact"
+    kind: str  # "pathwise" (logits -> sample with gradient), "score" (needs f), "exact",
+    # "bound" (estimates the gradient of a multi-sample bound, not of E[f]: VIMCO)
     fn: Callable[..., Any]
     defaults: dict[str, Any] = field(default_factory=dict)
     fixed: dict[str, Any] = field(default_factory=dict)  # not user-settable
     doc: str = ""
+    min_samples: int = 1  # the smallest n_samples it accepts
+    even_samples: bool = False  # n_samples must be even (antithetic pairs)
+    n_classes: int | None = None  # the only class count it accepts (2: binary), or any
+    max_samples: int | None = None  # the largest n_samples it accepts, if any
+
+    def supports(self, n_samples: int = 1, n_classes: int | None = None) -> bool:
+        """Whether ``n_samples`` draws and ``n_classes`` classes are valid for this method
+        (``exact`` ignores ``n_samples``); benchmarks use it to skip a method with a note."""
+        if self.n_classes is not None and n_classes is not None and n_classes != self.n_classes:
+            return False
+        if self.kind == "exact":
+            return True
+        if self.max_samples is not None and n_samples > self.max_samples:
+            return False
+        return n_samples >= self.min_samples and not (self.even_samples and n_samples % 2)
 
 
 _REGISTRY: dict[str, Method] = {}
 
 
-KINDS = ("pathwise", "score", "exact")
+KINDS = ("pathwise", "score", "exact", "bound")
 
 
 def register(method: Method) -> Method:
@@ -77,6 +99,27 @@ for _m in (
     Method("reinforce", "score", reinforce, {"baseline": None}, {},
            "REINFORCE (optional baseline)"),
     Method("rloo", "score", rloo, {}, {}, "REINFORCE leave-one-out"),
+    Method("gumbel_rao", "pathwise", gumbel_rao, {"tau": 0.5, "n_rao": 10}, {},
+           "Gumbel-Rao: straight-through Gumbel, Rao-Blackwellized over the noise"),
+    Method("gst", "pathwise", gst, {"tau": 0.5, "gap": 1.0}, {}, "Gapped Straight-Through"),
+    Method("rebar", "score", rebar, {"tau": 0.5, "eta": 1.0}, {},
+           "REBAR (f is also evaluated at relaxed samples)"),
+    Method("relax", "score", relax, {"tau": 0.5, "eta": 1.0, "control": None}, {},
+           "RELAX, learned control variate (pass control=relax_init() to train it)"),
+    Method("arm", "score", arm_categorical, {}, {}, "ARM, antithetic pairs (binary: K = 2)",
+           min_samples=2, even_samples=True, n_classes=2),
+    Method("disarm", "score", disarm_categorical, {}, {},
+           "DisARM, Rao-Blackwellized ARM (binary: K = 2)", min_samples=2, even_samples=True,
+           n_classes=2),
+    Method("arms", "score", arms, {}, {},
+           "ARMS, n mutually antithetic draws, importance-weighted leave-one-out",
+           min_samples=2),
+    Method("unordered_set", "score", unordered_set, {"batch_dims": 0}, {},
+           "unordered-set estimator, k configurations without replacement", min_samples=2,
+           max_samples=8),
+    Method("vimco", "bound", vimco, {}, {},
+           "VIMCO for the multi-sample bound log mean exp f (use samplegrad.vimco)",
+           min_samples=2),
     Method("exact", "exact", exact, {}, {}, "exact enumeration (small K**L only)"),
 ):
     register(_m)
@@ -122,6 +165,8 @@ def sampler(name: str, **knobs: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     device) for its random draws.
     """
     m = get_method(name)
+    if m.kind == "bound":
+        raise ValueError(f"{name!r} is a bound method, not pathwise; use samplegrad.vimco")
     if m.kind != "pathwise":
         raise ValueError(f"{name!r} is a {m.kind} method, not pathwise; use surrogate(f, ...)")
     _check_knobs(m, knobs)
@@ -154,6 +199,10 @@ def surrogate(f: Callable[[torch.Tensor], torch.Tensor], logits: torch.Tensor,
     """
     check_callable(f)
     m = get_method(method)
+    if m.kind == "bound":
+        raise ValueError(f"method: {method!r} estimates the gradient of the multi-sample bound "
+                         "log mean_k exp f(x_k), not of E[f]; call samplegrad.vimco(log_w, "
+                         "logits, n_samples) instead of surrogate")
     # the built-in estimators scan the logits' values themselves (cheaply, class-first)
     check_logits(logits, values=m.fn not in _BUILTIN)
     _check_knobs(m, params)

@@ -18,7 +18,13 @@ from samplegrad._progress import progress
 from samplegrad.implicit.langevin import LangevinConfig, init, step
 from samplegrad.implicit.langevin_baselines import BaselineConfig, unrolled_step
 from samplegrad_bench._common import seed_all
-from samplegrad_bench.estimators import PEERS, bench_methods, default_knobs
+from samplegrad_bench.estimators import (
+    PEERS,
+    bench_methods,
+    default_knobs,
+    fit_n_samples,
+    unsupported,
+)
 from samplegrad_bench.runners import gradients, polyprog
 from samplegrad_bench.runners.langevin import _first_sustained
 from samplegrad_bench.tasks import polyprog as pp_task
@@ -86,8 +92,9 @@ def categorical(cfg: DemoConfig, seed: int) -> tuple[dict[str, Any], dict[str, A
     """Every estimator at its default knobs: Adam on the polynomial program (exact final
     E[loss]) and the MSE of single gradient estimates on a small MLP objective (exact
     gradient by enumeration). One row per estimator, both scores side by side."""
-    names = bench_methods()
     problem = get_problem(cfg.grad_problem, seed=seed)
+    k = problem.logits.shape[-1]  # ARM/DisARM (binary only) sit out on a K > 2 problem
+    names = [n for n in bench_methods() if not unsupported(n, fit_n_samples(n, 1), k)]
     _, truth = problem.exact()
     bar = progress(desc="1/3 categorical gradients", total=2 * len(names))
     rows, curves = [], {}
@@ -102,7 +109,7 @@ def categorical(cfg: DemoConfig, seed: int) -> tuple[dict[str, Any], dict[str, A
         knobs = default_knobs(name)
         if name == "reinforce":
             knobs["baseline"] = None
-        n = 2 if name == "rloo" else 1
+        n = fit_n_samples(name, 1)
         seed_all(seed)
         est = gradients.draw_estimates(problem.f, problem.logits, name, cfg.draws, n, **knobs)
         s = gradients.gradient_stats(est, truth)

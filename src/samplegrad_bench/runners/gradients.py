@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+import samplegrad as sg
 from samplegrad_bench._args import comma_list, int_at_least
 from samplegrad_bench._common import (
     markdown_table,
@@ -42,8 +43,11 @@ from samplegrad_bench._common import (
 from samplegrad_bench.estimators import (
     bench_methods,
     estimate,
+    fit_n_samples,
     is_score_function,
     sampler,
+    unsupported,
+    with_state,
 )
 from samplegrad_bench.tasks.gradient_problems import (
     PROBLEMS,
@@ -66,6 +70,9 @@ class GradientsConfig:
     n_steps: tuple[int, ...] = (3, 5, 9)
     tau_gumbel: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0, 2.0)
     tau_reinmax: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)
+    n_rao: tuple[int, ...] = (10, 100)  # Gumbel-Rao's conditional noise draws
+    tau_rebar: tuple[float, ...] = (0.5, 1.0)  # REBAR and RELAX (eta=1, learned by RELAX)
+    relax_warmup: int = 300  # RELAX: control-variate training steps before the draws
     budgets_ms: tuple[float, ...] = (10.0, 1000.0)
     timing_rounds: int = 5  # timing passes over all settings (min over passes and reps)
     timing_reps: int = 3
@@ -73,7 +80,7 @@ class GradientsConfig:
 
 QUICK = GradientsConfig(problems=("mlp_L4_K5",), n_draws=500, n_samples=(1, 4), t1=(0.3, 0.8),
                         n_steps=(3, 5), tau_gumbel=(0.3, 1.0), tau_reinmax=(1.0, 2.0),
-                        timing_rounds=2)
+                        n_rao=(10,), tau_rebar=(0.5,), relax_warmup=20, timing_rounds=2)
 
 
 def knob_grid(name: str, cfg: GradientsConfig, value: float = 0.0) -> list[dict[str, Any]]:
@@ -84,20 +91,42 @@ def knob_grid(name: str, cfg: GradientsConfig, value: float = 0.0) -> list[dict[
         return [{"tau": t} for t in cfg.tau_gumbel]
     if name == "reinmax":
         return [{"tau": t} for t in cfg.tau_reinmax]
+    if name == "gumbel_rao":
+        return [{"tau": t, "n_rao": r} for t in cfg.tau_gumbel for r in cfg.n_rao]
+    if name == "gst":
+        return [{"tau": t} for t in cfg.tau_gumbel]
+    if name in ("rebar", "relax"):
+        return [{"tau": t} for t in cfg.tau_rebar]
     if name == "reinforce":
         return [{"baseline": None}, {"baseline": float(value)}]
     return [{}]
 
 
+def stateful_knobs(f: Objective, logits: torch.Tensor, name: str, n_samples: int,
+                   warmup: int, knobs: dict[str, Any]) -> dict[str, Any]:
+    """``knobs`` with a fresh per-run state where the estimator keeps one (RELAX's control
+    variate), first trained for ``warmup`` steps on this problem; the draws keep training
+    it (its cost is part of the estimator's)."""
+    knobs = with_state(name, knobs)
+    state = knobs.get("control")
+    if isinstance(state, sg.RelaxState):
+        for _ in range(warmup):
+            leaf = logits.detach().clone().requires_grad_()
+            sg.relax_step(state, f, leaf, n_samples, tau=knobs.get("tau", 0.5))
+    return knobs
+
+
 def draw_estimates(f: Objective, logits: torch.Tensor, name: str, n_draws: int,
-                   n_samples: int = 1, **knobs: Any) -> torch.Tensor:
+                   n_samples: int = 1, warmup: int = 0, **knobs: Any) -> torch.Tensor:
     """``n_draws`` independent ``n_samples``-sample gradient estimates ``(n_draws, *logits.shape)``
-    of ``d E[f] / d logits`` by estimator ``name`` (see the module docstring)."""
+    of ``d E[f] / d logits`` by estimator ``name`` (see the module docstring). ``warmup``:
+    training steps of a learned control variate (RELAX) before the draws."""
     if n_draws < 1:
         raise ValueError(f"n_draws must be >= 1, got {n_draws}")
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     base = logits.detach()
+    knobs = stateful_knobs(f, base, name, n_samples, warmup, knobs)
     if is_score_function(name):
         out = torch.empty(n_draws, *base.shape, dtype=base.dtype)
         for i in range(n_draws):
@@ -138,6 +167,7 @@ def time_estimate(f: Objective, logits: torch.Tensor, name: str, n_samples: int 
                   reps: int = 15, **knobs: Any) -> float:
     """Fastest of ``reps`` timed ``estimate(f, logits, name, n_samples).backward()`` calls, in
     seconds (the minimum is the least disturbed by other processes on a shared machine)."""
+    knobs = with_state(name, knobs)  # RELAX: its control variate's training step is timed
     times = []
     for i in range(reps + 2):
         leaf = logits.detach().clone().requires_grad_()
@@ -168,12 +198,18 @@ def evaluate_problem(problem: GradientProblem, names: list[str], cfg: GradientsC
                      seed: int = 0, bar=None) -> list[dict[str, Any]]:
     """One row per (estimator, knobs, n_samples) setting on ``problem``."""
     value, truth = problem.exact()
-    settings = [(name, knobs, max(n, 2) if name == "rloo" else n) for name in names
+    k = problem.logits.shape[-1]
+    for name in names:  # e.g. ARM/DisARM on K > 2 classes
+        if unsupported(name, fit_n_samples(name, 1), k):
+            print(f"skipped {unsupported(name, fit_n_samples(name, 1), k)}")
+    names = [n for n in names if not unsupported(n, fit_n_samples(n, 1), k)]
+    settings = [(name, knobs, fit_n_samples(name, n)) for name in names
                 for knobs in knob_grid(name, cfg, float(value)) for n in cfg.n_samples]
     rows = []
     for name, knobs, n in settings:
         seed_all(seed)
-        est = draw_estimates(problem.f, problem.logits, name, cfg.n_draws, n, **knobs)
+        est = draw_estimates(problem.f, problem.logits, name, cfg.n_draws, n,
+                             cfg.relax_warmup, **knobs)
         rows.append({"problem": problem.name, "estimator": name, "knobs": knob_str(knobs),
                      "n_samples": n, **gradient_stats(est, truth)})
         if bar is not None:
@@ -221,7 +257,10 @@ def caption(problem: GradientProblem, cfg: GradientsConfig) -> str:
     _, g = problem.exact()
     return (f"{problem.description}; ‖g‖² = {float((g**2).sum()):.4g}. {cfg.n_draws} independent "
             f"draws per setting; knobs: t1 ∈ {list(cfg.t1)}, n_steps ∈ {list(cfg.n_steps)}, "
-            f"Gumbel tau ∈ {list(cfg.tau_gumbel)}, ReinMax tau ∈ {list(cfg.tau_reinmax)}, "
+            f"Gumbel tau ∈ {list(cfg.tau_gumbel)} (also Gumbel-Rao, n_rao ∈ {list(cfg.n_rao)}, "
+            f"and GST), ReinMax tau ∈ {list(cfg.tau_reinmax)}, REBAR/RELAX tau ∈ "
+            f"{list(cfg.tau_rebar)} (RELAX: {cfg.relax_warmup} control-variate training steps "
+            f"first), "
             f"REINFORCE baseline ∈ {{none, exact E[f]}}; n_samples ∈ {list(cfg.n_samples)} "
             f"(RLOO ≥ 2). Columns n..µs: the lowest-MSE knob at the smallest n; "
             f"'MSE @ B': the best setting (any knob and n) when the mean of floor(B/cost) "

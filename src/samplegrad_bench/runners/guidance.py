@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from samplegrad.categorical import get_method
 from samplegrad.checkpoint import CheckpointError
 from samplegrad.discrete import GuidanceConfig, guided_logits, load_model, make_guide, sample
 from samplegrad.discrete.sampler import initial_tokens
@@ -45,7 +46,7 @@ from samplegrad_bench._common import (
     saved_tensor_bytes,
     write_json,
 )
-from samplegrad_bench.estimators import bench_methods, default_knobs
+from samplegrad_bench.estimators import bench_methods, default_knobs, with_state
 from samplegrad_bench.tasks.mdm_objectives import (
     digit_objective,
     sudoku_grid,
@@ -91,8 +92,10 @@ def quick_config() -> BenchConfig:
 
 
 def _guide_config(cfg: BenchConfig, method: str, kl_weight: float) -> GuidanceConfig:
+    # with_state: RELAX keeps one control variate over the whole run (every guided step)
     return GuidanceConfig(method, cfg.n_samples, cfg.n_opt_steps, cfg.lr, kl_weight,
-                          cfg.kl_mode, cfg.warm_start, dict(cfg.knobs.get(method, {})))
+                          cfg.kl_mode, cfg.warm_start,
+                          with_state(method, dict(cfg.knobs.get(method, {}))))
 
 
 def _graph_mib(model, given: torch.Tensor, objective, gcfg: GuidanceConfig) -> float:
@@ -334,6 +337,10 @@ def run(args: argparse.Namespace) -> dict:
         cfg = replace(cfg, n_digits=args.n_digits)
     cfg = _override(cfg, args.set)
     methods = list(cfg.methods) or [UNGUIDED, *bench_methods()]
+    binary = [m for m in methods if m != UNGUIDED and get_method(m).n_classes is not None]
+    if binary:  # ARM/DisARM: the guided vocabularies have more than two tokens
+        print(f"skipped {', '.join(binary)}: binary variables only (K = 2)")
+        methods = [m for m in methods if m not in binary]
     tasks = list(args.tasks)
     out_dir = args.out
     suffix = _suffix(args)

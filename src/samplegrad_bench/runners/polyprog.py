@@ -38,7 +38,7 @@ from samplegrad_bench._common import (
     seed_all,
     write_json,
 )
-from samplegrad_bench.estimators import bench_methods, estimate
+from samplegrad_bench.estimators import bench_methods, estimate, fit_n_samples, with_state
 from samplegrad_bench.paths import cache_dir
 from samplegrad_bench.tasks import polyprog as task
 
@@ -51,6 +51,10 @@ SWEEPS: dict[str, list[dict[str, Any]]] = {
     "gumbel_soft": [{"tau": t} for t in (0.02, 0.1, 0.5, 1.0)],
     "gumbel_hard": [{"tau": t} for t in (0.02, 0.1, 0.5, 1.0)],
     "reinmax": [{"tau": t} for t in (1.0, 1.5, 2.0, 3.0)],
+    "gumbel_rao": [{"tau": t} for t in (0.1, 0.5, 1.0)],
+    "gst": [{"tau": t} for t in (0.1, 0.5, 1.0)],
+    "rebar": [{"tau": t} for t in (0.5, 1.0)],
+    "relax": [{"tau": t} for t in (0.5, 1.0)],
     "reinforce": [{"ema": d} for d in (0.9, 0.99)],
 }
 
@@ -96,14 +100,15 @@ def optimize(name: str, knobs: dict[str, Any], power: float, seed: int, *, n_var
     def f(x: torch.Tensor) -> torch.Tensor:  # (S, L, 2) -> (S,)
         return task.loss(x, power)
 
+    run_knobs = with_state(name, knobs)  # RELAX: one control variate for the whole run
     curve_steps, curve = [0], [float(task.expected_loss(logits.detach(), power))]
     with Timer() as t:
         for step in range(1, steps + 1):
             opt.zero_grad(set_to_none=True)
-            kw = dict(knobs)
+            kw = dict(run_knobs)
             if decay is not None:
                 kw["baseline"] = baseline
-            value = estimate(f, logits, name, batch, **kw)
+            value = estimate(f, logits, name, fit_n_samples(name, batch), **kw)
             value.backward()
             opt.step()
             if decay is not None:
@@ -144,6 +149,8 @@ def _run(name: str, knobs: dict, power: float, seed: int, steps: int, cfg: PolyP
     kw = {"n_vars": cfg.n_vars, "batch": cfg.batch, "steps": steps, "lr": cfg.lr,
           "log_every": cfg.log_every}
     key = {"estimator": name, "knobs": knobs, "power": power, "seed": seed, **kw}
+    if fit_n_samples(name, cfg.batch) != cfg.batch:  # capped or rounded (ARMS, unordered set)
+        key["n_samples"] = fit_n_samples(name, cfg.batch)
     return _cached(cache, key, lambda: optimize(name, knobs, power, seed, **kw), fresh)
 
 

@@ -54,10 +54,13 @@ def _shape(text: str) -> tuple[int, ...]:
 
 
 def ours(quick: bool = False) -> dict[str, Estimator]:
-    """Our estimators (eager and compiled); ``quick`` keeps the ratio's two ends."""
+    """Our estimators (eager and compiled); ``quick`` keeps the ratio's two ends and the
+    newest pathwise ones (Gumbel-Rao, GST)."""
     c: dict[str, Estimator] = {
         BASE: lambda l: sg.gumbel_softmax(l, 0.5, hard=True),
         "redge n_steps=5": lambda l: sg.redge(l, 5, 0.5),
+        "gumbel_rao n_rao=10": lambda l: sg.gumbel_rao(l, 0.5, 10),
+        "gst": lambda l: sg.gst(l, 0.5),
     }
     if quick:
         return c
@@ -165,7 +168,7 @@ def memory_rows(fn_of_steps: dict[str, Callable[[torch.Tensor, int], torch.Tenso
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=positive_int, default=None,
                    help="timed repeats per estimator and cell (default 300 on shapes up to "
-                        "10^6 elements, else 30; quick 3)")
+                        "10^6 elements, else 15; quick 3)")
     p.add_argument("--shapes", type=comma_list(_shape), default=None,
                    help="logits shapes, e.g. 256x30x10,4096x64x32 (the default; quick 8x3x5)")
     p.add_argument("--thread-counts", type=int_list, default=None,
@@ -209,7 +212,8 @@ def run(args: argparse.Namespace) -> dict:
         numel = 1
         for d in shape:
             numel *= d
-        repeats = args.repeats or (3 if quick else 300 if numel <= 10**6 else 30)
+        repeats = args.repeats or (3 if quick else 300 if numel <= 10**6 else 15)
+        warmup = 3 if quick else 5 if numel <= 10**6 else 2
         torch.manual_seed(args.seed)
         logits = torch.randn(shape, requires_grad=True)
         w = torch.randn(shape)
@@ -226,11 +230,11 @@ def run(args: argparse.Namespace) -> dict:
             compile_secs: dict[str, float] = {}
             if "eager" in modes:
                 losses = {k: _loss_fn(f) for k, f in {**mine, **others}.items()}
-                med["eager"] = _time_cell(losses, logits, w, repeats, warmup=3 if quick else 5)
+                med["eager"] = _time_cell(losses, logits, w, repeats, warmup=warmup)
             if "compiled" in modes:
                 compiled, compile_secs = _compile_all(mine, backend, logits, w)
                 med["compiled"] = _time_cell(compiled, logits, w, repeats,
-                                             warmup=2 if quick else 5)
+                                             warmup=min(warmup, 2 if quick else 5))
             rows = _cell_rows(med, mem)
             speedup = {}
             for mode, m in med.items():

@@ -30,7 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import samplegrad as sg
+from samplegrad import distributed as sgd
 from samplegrad._config import check_bool, check_choice, check_int, check_real
+from samplegrad.categorical import get_method
 from samplegrad.categorical._sampling import sample_one_hot
 from samplegrad.checkpoint import (
     DeferredInterrupt,
@@ -206,7 +208,13 @@ class VAETrainConfig:
     objective values with ``baseline_decay``. ``per_datapoint_credit`` (score-function
     estimators only): ``f`` returns one value per datapoint, so each image's encoder gradient
     is weighted by its own loss (``False``: by the whole minibatch's summed loss, the
-    high-variance form)."""
+    high-variance form).
+
+    ``objective``: ``"elbo"`` (the default: −ELBO with analytic KL) or ``"iwae"``: the
+    ``n_samples``-sample importance-weighted bound ``log (1/S) sum_s p(x, z_s) / q(z_s | x)``
+    (``n_samples >= 2``), trained with ``vimco`` (its leave-one-out learning signals) or with
+    a pathwise estimator (its samples fed through the bound); ``vimco`` only trains the IWAE
+    bound and other score-function estimators only the ELBO."""
 
     estimator: str = "redge"
     knobs: dict[str, Any] = field(default_factory=dict)
@@ -216,6 +224,7 @@ class VAETrainConfig:
     dynamic_binarization: bool = False
     baseline_decay: float = 0.9
     per_datapoint_credit: bool = True
+    objective: str = "elbo"
 
     def __post_init__(self) -> None:
         check_choice(self.estimator, "estimator", sg.methods())
@@ -227,6 +236,18 @@ class VAETrainConfig:
         check_bool(self.dynamic_binarization, "dynamic_binarization")
         check_real(self.baseline_decay, "baseline_decay", ge=0, lt=1)
         check_bool(self.per_datapoint_credit, "per_datapoint_credit")
+        check_choice(self.objective, "objective", ["elbo", "iwae"])
+        kind = get_method(self.estimator).kind
+        if self.objective == "iwae":
+            if kind not in ("pathwise", "bound"):
+                raise ValueError(f"objective: 'iwae' is trained with vimco or a pathwise "
+                                 f"estimator, not {self.estimator!r}")
+            if self.n_samples < 2:
+                raise ValueError(f"n_samples: the IWAE bound needs >= 2 samples, got "
+                                 f"{self.n_samples}")
+        elif kind == "bound":
+            raise ValueError(f"objective: {self.estimator!r} trains the multi-sample bound; "
+                             "set objective='iwae'")
 
 
 @dataclass
@@ -273,6 +294,8 @@ def training_loss(model: CategoricalVAE, x: torch.Tensor, cfg: VAETrainConfig,
     through the surrogate's value.
     """
     logits = model.encode(x)
+    if cfg.objective == "iwae":
+        return _iwae_training_loss(model, x, logits, cfg)
     kl = kl_to_uniform(logits).mean()
     b = x.shape[0]
     if is_score_function(cfg.estimator):
@@ -288,6 +311,8 @@ def training_loss(model: CategoricalVAE, x: torch.Tensor, cfg: VAETrainConfig,
         knobs = dict(cfg.knobs)
         if cfg.estimator == "reinforce" and baseline is not None:
             knobs["baseline"] = baseline
+        if cfg.estimator == "unordered_set" and cfg.per_datapoint_credit:
+            knobs["batch_dims"] = 1  # one set of configurations per image
         recon = estimate(f, logits, cfg.estimator, cfg.n_samples, **knobs) / b
         return recon + kl, vals[0]
     s = cfg.n_samples
@@ -296,13 +321,92 @@ def training_loss(model: CategoricalVAE, x: torch.Tensor, cfg: VAETrainConfig,
     return per.mean() / b + kl, per.detach()
 
 
+def _log_weights(model: CategoricalVAE, x: torch.Tensor, logits: torch.Tensor,
+                 z: torch.Tensor) -> torch.Tensor:
+    """``log p(x | z) + log p(z) - log q(z | x)`` per sample and datapoint ``(S, B)``."""
+    n_latent, n_classes = logits.shape[-2:]
+    return (bernoulli_log_lik(model.decode(z), x) + log_prior(n_latent, n_classes)
+            - log_q(logits, z))
+
+
+def _iwae_training_loss(model: CategoricalVAE, x: torch.Tensor, logits: torch.Tensor,
+                        cfg: VAETrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Surrogate of the negative ``S``-sample IWAE bound (batch mean) and the detached
+    per-datapoint bounds ``(B,)``: VIMCO (``samplegrad.vimco``, one bound per image) or a
+    pathwise estimator whose samples go through the bound."""
+    b, s = x.shape[0], cfg.n_samples
+    if get_method(cfg.estimator).kind == "bound":
+        vals: list[torch.Tensor] = []
+
+        def log_w(z: torch.Tensor) -> torch.Tensor:
+            v = _log_weights(model, x, logits, z)  # (S, B)
+            vals.append(v.detach())
+            return v
+
+        loss = -sg.vimco(log_w, logits, s, **cfg.knobs) / b
+        bound = torch.logsumexp(vals[0], 0) - math.log(s)
+        return loss, bound
+    z = sampler(cfg.estimator, **cfg.knobs)(logits.expand(s, *logits.shape))
+    bound = torch.logsumexp(_log_weights(model, x, logits, z), 0) - math.log(s)  # (B,)
+    return -bound.mean(), bound.detach()
+
+
+def _sharded_training_loss(model: CategoricalVAE, x: torch.Tensor, cfg: VAETrainConfig,
+                           baseline: float | None,
+                           sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's share of :func:`training_loss` on the global minibatch ``x`` ``(B, D)``:
+    its items ``sl`` only, divided by the global ``B`` (summed over ranks: the one-process
+    loss). The latent noise is drawn for the whole batch (:func:`samplegrad.distributed.
+    embed_shard`), so every item gets the random numbers it gets in one process. Returns
+    the loss share and the values' global mean (for the baseline) as a 0-d tensor."""
+    if cfg.objective != "elbo":
+        raise ValueError("objective: data-parallel training supports 'elbo' only")
+    b, xs = x.shape[0], x[sl]
+    logits = model.encode(xs)
+    kl = kl_to_uniform(logits).sum() / b
+    glogits = sgd.embed_shard(logits, sl, b, dim=0)
+    s = cfg.n_samples
+    if is_score_function(cfg.estimator):
+        if not cfg.per_datapoint_credit:
+            raise ValueError("per_datapoint_credit: False couples every item of the batch; "
+                             "data-parallel training needs True")
+        vals: list[torch.Tensor] = []
+
+        def f(z: torch.Tensor) -> torch.Tensor:
+            v = -bernoulli_log_lik(model.decode(z[..., sl, :, :]), xs)  # (S, b_rank)
+            vals.append(v.detach())
+            return sgd.embed_shard(v, sl, b, dim=-1)
+
+        knobs = dict(cfg.knobs)
+        if cfg.estimator == "reinforce" and baseline is not None:
+            knobs["baseline"] = baseline
+        recon = estimate(f, glogits, cfg.estimator, s, **knobs) / b
+        mean = sgd.all_reduce(vals[0].sum().reshape(1)) / (vals[0].shape[0] * b)
+        return recon + kl, mean[0]
+    z = sampler(cfg.estimator, **cfg.knobs)(glogits.expand(s, *glogits.shape))[:, sl]
+    per = -bernoulli_log_lik(model.decode(z), xs).sum(-1)  # (S,) this rank's items
+    return per.mean() / b + kl, sgd.all_reduce(per.detach().clone()).mean()
+
+
 def train_step(state: VAETrainState, x: torch.Tensor,
                cfg: VAETrainConfig) -> tuple[VAETrainState, dict[str, float]]:
     """One optimizer step on minibatch ``x`` ``(B, D)``; appends the loss to
-    ``state.history``. Returns ``(state, {"loss": float})`` (``state`` advanced in place)."""
+    ``state.history``. Returns ``(state, {"loss": float})`` (``state`` advanced in place).
+
+    Under ``torch.distributed`` (:func:`samplegrad.distributed.init_from_env`) ``x`` is the
+    *global* minibatch, the same on every rank: each rank computes its shard of the items
+    and the gradients are summed over ranks, so the step equals the one-process step up to
+    the order of floating-point additions."""
     state.optimizer.zero_grad(set_to_none=True)
-    loss, vals = training_loss(state.model, x, cfg, state.baseline)
-    loss.backward()
+    if sgd.world().distributed:
+        loss, vals = _sharded_training_loss(state.model, x, cfg, state.baseline,
+                                            sgd.shard(x.shape[0]))
+        loss.backward()
+        sgd.all_reduce_grads(state.model, op="sum")
+        loss = sgd.all_reduce(loss.detach().clone())
+    else:
+        loss, vals = training_loss(state.model, x, cfg, state.baseline)
+        loss.backward()
     state.optimizer.step()
     v = float(vals.mean())
     d = cfg.baseline_decay
@@ -359,9 +463,15 @@ def fit(state: VAETrainState, data: torch.Tensor, cfg: VAETrainConfig, steps: in
                     callback(state)
             except KeyboardInterrupt:
                 interrupted = True
+            if sgd.world().distributed:  # every rank stops (and saves) at the same step
+                flags = torch.tensor([float(interrupted), float(stop.requested)],
+                                     device=data.device)
+                interrupted, stop.requested = (bool(v) for v in sgd.all_reduce(flags, "max"))
             if checkpoint is not None and (interrupted or stop.requested
                                            or state.step % every == 0 or state.step == steps):
-                save_train_state(checkpoint, state)
+                if sgd.is_main():  # rank 0 writes (atomically); the others wait
+                    save_train_state(checkpoint, state)
+                sgd.barrier()
             if interrupted:
                 raise KeyboardInterrupt
             stop.raise_if_requested()
