@@ -34,16 +34,24 @@ BENCHES: dict[str, tuple[str, str]] = {
             "categorical VAEs on digits / Fashion-MNIST trained with every estimator"),
     "langevin": ("samplegrad_bench.runners.langevin",
                  "implicit reward training of a Langevin sampler against unrolled baselines"),
+    "langevin-speed": ("samplegrad_bench.runners.langevin_speed",
+                       "ms per theta step of the Langevin single loop, eager and compiled"),
     "finetune": ("samplegrad_bench.runners.finetune",
                  "Implicit Diffusion finetuning of the digit DDPM against the unrolled sampler"),
     "spectral": ("samplegrad_bench.runners.spectral",
                  "optimization-free spectral score models against neural score matching"),
+    "spectral-tilt": ("samplegrad_bench.runners.spectral_tilt",
+                      "reward tilting of spectral score models (one solve) vs Implicit Diffusion"),
     "guidance": ("samplegrad_bench.runners.guidance",
                  "reward guidance of masked discrete diffusion (Sudoku, digits) per estimator"),
     "speed": ("samplegrad_bench.runners.speed",
               "forward+backward time and autograd memory of the estimators and peers"),
     "exactness": ("samplegrad_bench.runners.exactness",
                   "total variation of ReDGE's hard samples to softmax(logits)"),
+    "distributed": ("samplegrad_bench.runners.distributed",
+                    "data-parallel throughput of the training loops on 1 vs 2 processes"),
+    "mdm-finetune": ("samplegrad_bench.runners.mdm_finetune",
+                     "reward finetuning of the digits masked diffusion model through its sampler"),
 }
 
 # other commands: name -> (module, one-line description). Same contract as a bench.
@@ -58,6 +66,7 @@ TOOLS: dict[str, tuple[str, str]] = {
 
 # where --publish writes, when not docs/results/NAME
 PUBLISH_AS: dict[str, str] = {"speed": "estimators", "exactness": "estimators",
+                              "langevin-speed": "langevin",
                               "train-ddpm": "finetune", "train-mdm": "guidance"}
 
 # the [bench] extra's packages that every runner may need
