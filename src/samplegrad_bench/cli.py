@@ -57,7 +57,7 @@ BENCHES: dict[str, tuple[str, str]] = {
 # other commands: name -> (module, one-line description). Same contract as a bench.
 TOOLS: dict[str, tuple[str, str]] = {
     "demo": ("samplegrad_bench.runners.demo",
-             "a tour of the three systems on embedded data: tables and one figure (~30 s)"),
+             "a tour of the three systems on embedded data: tables and one figure (~1 min)"),
     "train-ddpm": ("samplegrad_bench.runners.train_ddpm",
                    "train the small DDPM on 8x8 digits (the weights `bench finetune` loads)"),
     "train-mdm": ("samplegrad_bench.runners.train_mdm",
