@@ -320,3 +320,12 @@ def test_torch_func_grad_and_vmap(name):
     g = torch.func.vmap(torch.func.grad(loss), randomness="different")(
         logits.expand(2, 3, 4, 2).clone())
     assert g.shape == (2, 3, 4, 2) and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("field, value", [("min_samples", 0), ("min_samples", 1.5),
+                                          ("even_samples", 1), ("n_classes", 1),
+                                          ("max_samples", 0), ("n_classes", "2")])
+def test_method_rejects_bad_sample_and_class_fields(field, value):
+    with pytest.raises(ValueError, match=f"^{field}:"):
+        sg.Method("bad", "score", sg.rloo, **{field: value})
+    assert sg.Method("ok", "score", sg.rloo, min_samples=2, max_samples=2).supports(2)

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from samplegrad._config import check_bool, check_int
 from samplegrad.categorical._checks import (
     check_callable,
     check_generator,
@@ -42,6 +43,14 @@ class Method:
     even_samples: bool = False  # n_samples must be even (antithetic pairs)
     n_classes: int | None = None  # the only class count it accepts (2: binary), or any
     max_samples: int | None = None  # the largest n_samples it accepts, if any
+
+    def __post_init__(self) -> None:
+        check_int(self.min_samples, "min_samples", 1)
+        check_bool(self.even_samples, "even_samples")
+        if self.n_classes is not None:
+            check_int(self.n_classes, "n_classes", 2)
+        if self.max_samples is not None:
+            check_int(self.max_samples, "max_samples", self.min_samples)
 
     def supports(self, n_samples: int = 1, n_classes: int | None = None) -> bool:
         """Whether ``n_samples`` draws and ``n_classes`` classes are valid for this method
