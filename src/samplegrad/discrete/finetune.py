@@ -58,6 +58,9 @@ from torch import Tensor, nn
 
 from samplegrad._config import check_choice, check_int, check_real
 from samplegrad._optim import OptimizerFactory, check_lr, check_optimizer_name, make_optimizer
+from samplegrad._params import check_model as _check_model
+from samplegrad._params import optimized as _optimized
+from samplegrad._params import trainable as _trainable
 from samplegrad._validation import check_finite, validation_enabled
 from samplegrad.categorical.registry import get_method, methods, sampler
 from samplegrad.diffusion._checks import is_oom, shape_str
@@ -135,39 +138,6 @@ def _check_reward_fn(reward_fn: RewardFn) -> RewardFn:
         raise TypeError(f"reward_fn: must be callable (x (N, L, V) -> (N,)), got "
                         f"{type(reward_fn).__name__}")
     return reward_fn
-
-
-def _check_model(model: nn.Module) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: must be a torch.nn.Module, got {type(model).__name__}")
-    return model
-
-
-def _trainable(model: nn.Module, params: Iterable[Tensor] | None) -> Params:
-    """The parameters to train, by name in model order (``params``: a subset, by identity)."""
-    named = list(_check_model(model).named_parameters())
-    if params is None:
-        out = {k: p for k, p in named if p.requires_grad}
-        if not out:
-            raise ValueError("model: has no parameters with requires_grad=True")
-        return out
-    chosen = [params] if isinstance(params, Tensor) else list(params)
-    ids = {id(p) for p in chosen}
-    out = {k: p for k, p in named if id(p) in ids}
-    if not out or len(out) != len(ids):
-        raise ValueError("params: every entry must be a parameter of model, and at least one")
-    if not all(p.requires_grad for p in out.values()):
-        raise ValueError("params: every parameter to train needs requires_grad=True")
-    return out
-
-
-def _optimized(model: nn.Module, optimizer: torch.optim.Optimizer) -> Params:
-    ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    params = {k: p for k, p in _check_model(model).named_parameters() if id(p) in ids}
-    if len(params) != len(ids):
-        raise ValueError("model: the optimizer in the state updates tensors that are not "
-                         "parameters of this model (pass the model given to the init)")
-    return params
 
 
 def _ids(model: Any, mask_id: int | None, vocab: int | None) -> tuple[int, int]:

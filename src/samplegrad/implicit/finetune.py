@@ -55,6 +55,8 @@ from torch import Tensor, nn
 from samplegrad import distributed as _dist
 from samplegrad._config import check_int, check_real
 from samplegrad._optim import OptimizerFactory, check_lr, check_optimizer_name, make_optimizer
+from samplegrad._params import optimized as _optimized
+from samplegrad._params import trainable as _trainable
 from samplegrad._validation import validation_enabled
 from samplegrad.diffusion._checks import check_finite, event_shape, is_oom, shape_str
 from samplegrad.diffusion.ddpm import draw_noise, step_mean
@@ -91,12 +93,6 @@ class FinetuneConfig:
 
 
 # ---------------------------------------------------------------- argument checks
-def _check_model(model: nn.Module) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: must be a torch.nn.Module, got {type(model).__name__}")
-    return model
-
-
 def _check_sched(sched: SamplerSchedule) -> SamplerSchedule:
     if not isinstance(sched, SamplerSchedule):
         raise TypeError(f"sched: must be a SamplerSchedule (see sampling_schedule), got "
@@ -124,47 +120,9 @@ def _eps_fn(model: nn.Module, params: Params) -> Callable[[Tensor, Tensor], Tens
     return lambda x, t: torch.func.functional_call(model, params, (x, t))
 
 
-def _trainable(model: nn.Module, params: Iterable[Tensor] | None) -> Params:
-    """The parameters to train, by name in model order: ``params`` (a subset of the model's
-    parameters, identified by identity) or every parameter with ``requires_grad``."""
-    named = list(_check_model(model).named_parameters())
-    if params is None:
-        out = {k: p for k, p in named if p.requires_grad}
-        if not out:
-            raise ValueError("model: has no parameters with requires_grad=True")
-        return out
-    if isinstance(params, Tensor):
-        params = [params]
-    try:
-        chosen = list(params)
-    except TypeError as e:
-        raise TypeError(f"params: must be an iterable of the model's parameters, got "
-                        f"{type(params).__name__}") from e
-    ids = {id(p) for p in chosen}
-    out = {k: p for k, p in named if id(p) in ids}
-    if len(out) != len(ids) or not all(isinstance(p, Tensor) for p in chosen):
-        raise ValueError("params: every entry must be a parameter of model (e.g. "
-                         "model.out.parameters())")
-    if not out:
-        raise ValueError("params: is empty; there is nothing to train")
-    if not all(p.requires_grad for p in out.values()):
-        raise ValueError("params: every parameter to train needs requires_grad=True")
-    return out
-
-
 def _frozen_copy(params: Params) -> Params:
     """Detached copies of the trainable parameters (the KL reference)."""
     return {k: p.detach().clone() for k, p in params.items()}
-
-
-def _optimized(model: nn.Module, optimizer: torch.optim.Optimizer) -> Params:
-    """The parameters of ``model`` that ``optimizer`` updates, by name, in model order."""
-    ids = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    params = {k: p for k, p in _check_model(model).named_parameters() if id(p) in ids}
-    if len(params) != len(ids):
-        raise ValueError("model: the optimizer in the state updates tensors that are not "
-                         "parameters of this model (pass the model given to the init)")
-    return params
 
 
 def _build_optimizer(params: Params, cfg: FinetuneConfig,

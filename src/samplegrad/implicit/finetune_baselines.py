@@ -92,6 +92,23 @@ def _check_state(state: UnrolledState, name: str) -> None:
         raise TypeError(f"state: must be the state from {name}, got {type(state).__name__}")
 
 
+def _begin(state: UnrolledState, model: nn.Module, sched: SamplerSchedule, reward_fn: RewardFn,
+           cfg: FinetuneConfig, cls: type, init: str
+           ) -> tuple[dict[str, Tensor], SamplerSchedule, Tensor]:
+    """A step's checked arguments: the optimized parameters, the schedule on their device and
+    fresh sampler noise ``(T+1, pop_size, *shape)`` from the state's rng."""
+    _check_state(state, init)
+    _check_sched(sched)
+    _check(cfg, cls)
+    _check_reward_fn(reward_fn)
+    params = _optimized(model, state.optimizer)
+    p0 = next(iter(params.values()))
+    sched = _schedule_on(sched, p0.device)
+    noise = draw_noise(sched, cfg.pop_size, state.shape, state.generator, p0.dtype,
+                       device=p0.device)
+    return params, sched, noise
+
+
 # ---------------------------------------------------------------- DRaFT-K
 def draft_init(model: nn.Module, cfg: DraftConfig, shape: int | tuple[int, ...], *,
                params: Iterable[Tensor] | None = None,
@@ -143,15 +160,7 @@ def draft_step(state: UnrolledState, model: nn.Module, sched: SamplerSchedule,
     """One theta step of DRaFT-K: fresh noise, the sampler (graph through the last K steps),
     backward, one optimizer step on ``model`` (in place). ``info``: ``reward``, ``kl``,
     ``grad_norm``."""
-    _check_state(state, "draft_init")
-    _check_sched(sched)
-    _check(cfg, DraftConfig)
-    _check_reward_fn(reward_fn)
-    params = _optimized(model, state.optimizer)
-    p0 = next(iter(params.values()))
-    sched = _schedule_on(sched, p0.device)
-    noise = draw_noise(sched, cfg.pop_size, state.shape, state.generator, p0.dtype,
-                       device=p0.device)
+    params, sched, noise = _begin(state, model, sched, reward_fn, cfg, DraftConfig, "draft_init")
     loss, info = draft_loss(model, params, state.ref_params, noise, sched, reward_fn, cfg)
     g = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     grads = {k: torch.zeros_like(p) if gi is None else gi
@@ -203,15 +212,7 @@ def ddpo_step(state: UnrolledState, model: nn.Module, sched: SamplerSchedule,
     likelihood ratio to the sampling weights. Steps with ``sigma_j = 0`` (deterministic) carry
     no likelihood and are skipped. ``info``: ``reward``, ``kl``, ``grad_norm`` (of the last
     inner step), ``clipped`` (fraction of clipped ratios over the inner steps)."""
-    _check_state(state, "ddpo_init")
-    _check_sched(sched)
-    _check(cfg, DDPOConfig)
-    _check_reward_fn(reward_fn)
-    params = _optimized(model, state.optimizer)
-    p0 = next(iter(params.values()))
-    sched = _schedule_on(sched, p0.device)
-    noise = draw_noise(sched, cfg.pop_size, state.shape, state.generator, p0.dtype,
-                       device=p0.device)
+    params, sched, noise = _begin(state, model, sched, reward_fn, cfg, DDPOConfig, "ddpo_init")
     path, kl = _sample_path(model, params, state.ref_params, noise, sched, cfg.kl_weight > 0)
     with torch.no_grad():
         r = _reward(reward_fn, path[0])
