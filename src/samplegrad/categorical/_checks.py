@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 
 import torch
 
 from samplegrad._validation import validation_enabled
+
+# f(x) with x (n_samples, *logits.shape) samples -> (n_samples,) or per-element values
+Objective = Callable[[torch.Tensor], torch.Tensor]
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 

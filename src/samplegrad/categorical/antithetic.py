@@ -12,12 +12,11 @@ pathwise gradient of ``f``'s own parameters). The math is in ``docs/methods.md``
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from samplegrad._validation import validation_enabled
 from samplegrad.categorical._checks import (
+    Objective,
     _integer,
     check_callable,
     check_generator,
@@ -26,9 +25,6 @@ from samplegrad.categorical._checks import (
     compute_dtype,
 )
 from samplegrad.categorical._sampling import uniform
-
-Objective = Callable[[torch.Tensor], torch.Tensor]
-
 
 # --------------------------------------------------------------------------- shared helpers
 

@@ -26,7 +26,6 @@ docs/methods.md#rebar and docs/methods.md#relax.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -34,6 +33,7 @@ import torch
 from samplegrad._config import check_int, check_real
 from samplegrad._optim import OptimizerFactory, check_lr, check_optimizer_name, make_optimizer
 from samplegrad.categorical._checks import (
+    Objective,
     check_callable,
     check_finite_values,
     check_flag,
@@ -46,9 +46,6 @@ from samplegrad.categorical._checks import (
 )
 from samplegrad.categorical._sampling import uniform
 from samplegrad.categorical.gumbel_rao import conditional_gumbel
-
-Objective = Callable[[torch.Tensor], torch.Tensor]
-
 
 # ----------------------------------------------------------------------------- the control net
 

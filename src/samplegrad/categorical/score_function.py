@@ -7,11 +7,10 @@ of ``f``'s own parameters, if any).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from samplegrad.categorical._checks import (
+    Objective,
     check_baseline,
     check_callable,
     check_generator,
@@ -21,8 +20,6 @@ from samplegrad.categorical._checks import (
     compute_dtype,
 )
 from samplegrad.categorical._sampling import sample_one_hot
-
-Objective = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _draw(f: Objective, logits: torch.Tensor, n_samples: int,

@@ -15,11 +15,11 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable
 
 import torch
 
 from samplegrad.categorical._checks import (
+    Objective,
     _integer,
     check_callable,
     check_generator,
@@ -28,8 +28,6 @@ from samplegrad.categorical._checks import (
     compute_dtype,
 )
 from samplegrad.categorical._sampling import uniform
-
-Objective = Callable[[torch.Tensor], torch.Tensor]
 
 MAX_SET = 8
 
