@@ -46,10 +46,10 @@ from samplegrad.diffusion import (
 from samplegrad.implicit import finetune, langevin, langevin_baselines
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBSYSTEMS = ("diffusion", "implicit", "discrete")
+SUBSYSTEMS = ("diffusion", "implicit", "discrete", "spectral", "categorical")
 FACTORIES = {"randn", "rand", "randint", "randn_like", "zeros", "ones", "full", "empty",
              "arange", "linspace", "logspace", "tensor", "as_tensor", "eye", "randperm",
-             "normal", "Generator", "scalar_tensor"}
+             "normal", "Generator", "scalar_tensor", "sparse_csr_tensor", "sparse_coo_tensor"}
 DT = torch.float64
 
 

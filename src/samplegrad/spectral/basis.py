@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -62,8 +64,55 @@ class HermiteBasis:
                 for comp in comps:
                     coords.append(support + pad)
                     degs.append(comp + pad)
-        return cls(dim, degree, m, torch.tensor(coords, dtype=torch.int64),
-                   torch.tensor(degs, dtype=torch.int64))
+        return cls(dim, degree, m, torch.tensor(coords, dtype=torch.int64, device="cpu"),
+                   torch.tensor(degs, dtype=torch.int64, device="cpu"))
+
+    @classmethod
+    def structured(cls, dim: int, degree: int | Sequence[int], pairs: Tensor | Sequence | None
+                   = None, pair_degree: int | None = None) -> HermiteBasis:
+        """A basis for large ``dim``: every coordinate alone, plus products on chosen pairs.
+
+        Univariate ``h_p(x_i)`` for ``1 <= p <= degree[i]`` (``degree``: one int, or one per
+        coordinate), and for each pair ``(i, j)`` of ``pairs`` (``(P, 2)`` distinct
+        coordinates; duplicates and order are ignored) ``h_p(x_i) h_q(x_j)`` with
+        ``p, q >= 1`` and ``p + q <= pair_degree`` (default: the largest degree). ``K`` grows
+        like ``dim * degree + P * pair_degree^2 / 2`` instead of ``C(dim, 2) degree^2``.
+        """
+        dim = check_count(dim, "dim")
+        if isinstance(degree, (int, numbers.Integral)) and not isinstance(degree, bool):
+            degs = [check_count(degree, "degree", 0)] * dim
+        else:
+            degs = [check_count(v, "degree", 0) for v in degree]
+            if len(degs) != dim:
+                raise ValueError(f"degree: must be an int or {dim} ints, got {len(degs)}")
+        top = max(degs) if degs else 0
+        pd = top if pair_degree is None else check_count(pair_degree, "pair_degree", 2)
+        coords, dd = [], []
+        for i, p in enumerate(degs):
+            for q in range(1, p + 1):
+                coords.append((i, 0))
+                dd.append((q, 0))
+        pr = (torch.zeros(0, 2, dtype=torch.int64, device="cpu") if pairs is None
+              else torch.as_tensor(pairs, device="cpu"))
+        if pr.numel() and (pr.ndim != 2 or pr.shape[1] != 2 or pr.is_floating_point()):
+            raise ValueError(f"pairs: must be an integer (P, 2) array of coordinates, got "
+                             f"shape {tuple(pr.shape)}")
+        pr = pr.reshape(-1, 2).to(torch.int64)
+        if pr.numel() and (int(pr.min()) < 0 or int(pr.max()) >= dim
+                           or bool((pr[:, 0] == pr[:, 1]).any())):
+            raise ValueError(f"pairs: must hold two distinct coordinates in [0, {dim}) per row")
+        pr = torch.unique(pr.sort(1).values, dim=0) if pr.numel() else pr
+        comps = _compositions(pd, 2)
+        for i, j in pr.tolist():
+            for a, b in comps:
+                coords.append((i, j))
+                dd.append((a, b))
+        if not coords:
+            raise ValueError("degree: the basis is empty (every degree is 0 and no pairs)")
+        m = 2 if pr.numel() and comps else 1
+        ct = torch.tensor(coords, dtype=torch.int64, device="cpu")[:, :m]
+        dt = torch.tensor(dd, dtype=torch.int64, device="cpu")[:, :m]
+        return cls(dim, max(top, pd if m == 2 else top), m, ct, dt)
 
     def to(self, device: torch.device | str) -> HermiteBasis:
         """The same basis with its index tensors on ``device``."""
@@ -161,13 +210,16 @@ class HermiteBasis:
         """:meth:`grad_combination` without the argument checks."""
         coef = coef.to(device=x.device, dtype=x.dtype)
         b = self._on(x.device)
-        if self.max_active > 2:
-            g = self._slot_gradients(x) * coef.view(1, -1, 1)  # (m, K, N)
-            out = torch.zeros(self.dim, x.shape[0], dtype=x.dtype, device=x.device)
-            for r in range(self.max_active):
-                out.index_add_(0, b.coords[:, r], g[r])
-            return out.T
         N, d, D1 = x.shape[0], self.dim, self.degree + 1
+        if self.max_active > 2 or 8 * self.size * self.max_active < (d * D1) ** 2:
+            # gathers per function: O(N K m); the pair matmul below is O(N (d (D+1))^2)
+            out = torch.zeros(self.dim, N, dtype=x.dtype, device=x.device)
+            step = max(1, (1 << 24) // max(1, self.size * self.max_active))
+            for s in range(0, N, step):
+                g = self._slot_gradients(x[s:s + step]) * coef.view(1, -1, 1)  # (m, K, n)
+                for r in range(self.max_active):
+                    out[:, s:s + step].index_add_(0, b.coords[:, r], g[r])
+            return out.T
         u = b.coords[:, 0] * D1 + b.degs[:, 0]
         v = (b.coords[:, 1] * D1 + b.degs[:, 1]) if self.max_active == 2 else \
             torch.zeros_like(u)

@@ -96,11 +96,14 @@ def random_mixture(dim: int, n_components: int = 3, separation: float = 1.5,
     dim, n_components = check_count(dim, "dim"), check_count(n_components, "n_components")
     separation = check_nonneg(separation, "separation")
     seed = check_count(seed, "seed", 0)
-    g = torch.Generator().manual_seed(seed)
-    means = separation * torch.randn(n_components, dim, generator=g, dtype=torch.float64)
-    q = torch.randn(n_components, dim, dim, generator=g, dtype=torch.float64)
-    covs = 0.3 * q @ q.transpose(1, 2) / dim + 0.4 * torch.eye(dim, dtype=torch.float64)
-    weights = torch.softmax(0.5 * torch.randn(n_components, generator=g, dtype=torch.float64), 0)
+    g = torch.Generator(device="cpu").manual_seed(seed)  # the ground truth lives on the CPU
+    means = separation * torch.randn(n_components, dim, generator=g, dtype=torch.float64,
+                                     device="cpu")
+    q = torch.randn(n_components, dim, dim, generator=g, dtype=torch.float64, device="cpu")
+    eye = torch.eye(dim, dtype=torch.float64, device="cpu")
+    covs = 0.3 * q @ q.transpose(1, 2) / dim + 0.4 * eye
+    weights = torch.softmax(0.5 * torch.randn(n_components, generator=g, dtype=torch.float64,
+                                               device="cpu"), 0)
     gm = GaussianMixture(weights, means, covs)
     return gm.standardized() if standardize else gm
 

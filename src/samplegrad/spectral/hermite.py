@@ -52,7 +52,7 @@ def linearization_coeff(a: int, b: int, c: int) -> float:
 
 def linearization_table(degree: int) -> Tensor:
     """``L[a, b, c]`` for ``a, b <= degree`` and ``c <= 2 degree`` (float64)."""
-    L = torch.zeros(degree + 1, degree + 1, 2 * degree + 1, dtype=torch.float64)
+    L = torch.zeros(degree + 1, degree + 1, 2 * degree + 1, dtype=torch.float64, device="cpu")
     for a in range(degree + 1):
         for b in range(degree + 1):
             for r in range(min(a, b) + 1):

@@ -35,10 +35,12 @@ from samplegrad.spectral._checks import (
 )
 from samplegrad.spectral.affine import Affine
 from samplegrad.spectral.basis import HermiteBasis
+from samplegrad.spectral.cg import solve_cg
 from samplegrad.spectral.system import GramTerms, gram_terms, rhs, solve_system
 
 METHODS = ("linear", "perturbative")
 WHITENINGS = ("none", "standardize", "zca", "pca")
+SOLVERS = ("auto", "dense", "cg")
 
 
 @dataclass
@@ -55,6 +57,11 @@ class SpectralConfig:
     method: str = "linear"       # "linear" (full A(t)) | "perturbative" (A = diag(lambda))
     whiten: str = "none"         # "none" | "standardize" | "zca" | "pca": affine map first
     clamp_sigmas: float = 4.0    # safe extrapolation box (module docstring); 0 disables
+    n_components: int | None = None  # whiten="pca": keep this many components (None: all)
+    solver: str = "auto"         # "dense" (Cholesky) | "cg" (matrix-free) | "auto" (by size)
+    dense_max: int = 4096        # solver="auto": dense up to this basis size K, CG above
+    cg_tol: float = 1e-8         # CG: stop at relative residual |r| / |b| <= cg_tol
+    cg_max_iter: int = 2000      # CG: iteration cap per time
 
     def __post_init__(self) -> None:
         check_int(self.degree, "degree", 1)
@@ -67,6 +74,19 @@ class SpectralConfig:
         check_choice(self.method, "method", METHODS)
         check_choice(self.whiten, "whiten", WHITENINGS)
         check_real(self.clamp_sigmas, "clamp_sigmas", ge=0, allow_inf=True)
+        if self.n_components is not None:
+            check_int(self.n_components, "n_components", 1)
+            if self.whiten != "pca":
+                raise ValueError(f"n_components: only used with whiten='pca', got whiten="
+                                 f"{self.whiten!r}")
+        check_choice(self.solver, "solver", SOLVERS)
+        check_int(self.dense_max, "dense_max", 1)
+        check_real(self.cg_tol, "cg_tol", gt=0)
+        check_int(self.cg_max_iter, "cg_max_iter", 1)
+
+    def use_cg(self, size: int) -> bool:
+        """Whether a basis of ``size`` functions is solved by CG under this config."""
+        return self.solver == "cg" or (self.solver == "auto" and size > self.dense_max)
 
 
 def time_grid(t_min: float, t_max: float, n: int,
@@ -109,8 +129,8 @@ class SpectralScoreModel:
         t = check_time(t)
         if self.terms is None:
             return torch.exp(-t * self.basis.eigenvalues.to(self.c.device)) * self.c
-        a, _ = solve_system(self.terms.matrix(t), rhs(self.basis.eigenvalues, self.c, t),
-                            self.config.ridge)
+        a, _ = _solve_one(self.terms, rhs(self.basis.eigenvalues, self.c, t), t, self.config,
+                          None, False)
         return a
 
     def coefficients(self, t: float) -> Tensor:
@@ -155,7 +175,7 @@ class SpectralScoreModel:
 def _check_data(data: Tensor) -> Tensor:
     if not isinstance(data, Tensor):
         try:
-            data = torch.as_tensor(data)
+            data = torch.as_tensor(data, device="cpu")  # an array: on the CPU, like numpy
         except (TypeError, ValueError, RuntimeError) as e:
             raise TypeError(f"data: must be a tensor (or array) of shape (N, d), got "
                             f"{type(data).__name__}") from e
@@ -167,6 +187,58 @@ def _check_data(data: Tensor) -> Tensor:
         raise ValueError(f"data: must have shape (N >= 2, d >= 1), got {tuple(data.shape)}")
     check_points(data, "data")
     return data
+
+
+def _solve_one(terms: GramTerms, b: Tensor, t: float, cfg: SpectralConfig, x0: Tensor | None,
+               check_cond: bool) -> tuple[Tensor, dict]:
+    """One time of the grid by the configured solver: ``(a, info)``, ``info`` with ``cond``
+    (dense) or ``iterations``/``residual`` (CG)."""
+    if cfg.use_cg(terms.size):
+        return solve_cg(terms, t, b, cfg.ridge, x0, cfg.cg_tol, cfg.cg_max_iter)
+    a, cond = solve_system(terms.matrix(t), b, cfg.ridge, check_cond=check_cond)
+    return a, {"cond": cond}
+
+
+def _solve_times(terms: GramTerms, basis: HermiteBasis, c: Tensor, times: Tensor,
+                 cfg: SpectralConfig) -> tuple[Tensor, dict]:
+    """``a(t)`` on the grid ``(T, K)`` (CG warm-started from the previous time) and a summary:
+    the worst condition number (dense) or the CG iteration counts and worst residual."""
+    coefs, conds, iters, resid = [], [], [], []
+    prev = None
+    for i, t in enumerate(times.tolist()):
+        a, inf = _solve_one(terms, rhs(basis.eigenvalues, c, t), t, cfg, prev, i == 0)
+        coefs.append(a)
+        prev = a
+        if "cond" in inf:
+            conds.append(inf["cond"])
+        else:
+            iters.append(inf["iterations"])
+            resid.append(inf["residual"])
+    worst = max((x for x in conds if not math.isnan(x)), default=math.nan)
+    summary: dict = {"solver": "cg" if iters else "dense", "cond_at_t_min": worst}
+    if iters:
+        summary.update(cg_iterations=iters, cg_worst_residual=max(resid))
+    return torch.stack(coefs), summary
+
+
+def _warn_cg(summary: dict, cfg: SpectralConfig) -> None:
+    if summary["solver"] == "cg" and not summary["cg_worst_residual"] <= cfg.cg_tol:
+        warnings.warn(f"spectral fit: CG stopped at relative residual "
+                      f"{summary['cg_worst_residual']:.3g} > cg_tol={cfg.cg_tol:g} after "
+                      f"{max(summary['cg_iterations'])} iterations; raise `ridge` or "
+                      "`cg_max_iter`", RuntimeWarning, stacklevel=3)
+
+
+def _mean_values(basis: HermiteBasis, y: Tensor, weights: Tensor | None = None,
+                 chunk: int = 1 << 24) -> Tensor:
+    """``E[phi_k(y)]`` ``(K,)`` (or the ``weights``-average), in row chunks of about ``chunk``
+    numbers so that ``(N, K)`` is never held at once."""
+    step = max(1, chunk // max(1, basis.size))
+    total = torch.zeros(basis.size, dtype=y.dtype, device=y.device)
+    for s in range(0, y.shape[0], step):
+        v = basis.values(y[s:s + step])
+        total += v.sum(0) if weights is None else weights[s:s + step].to(v) @ v
+    return total / y.shape[0] if weights is None else total
 
 
 def fit(data: Tensor, basis: HermiteBasis | None = None, times: Tensor | None = None,
@@ -189,7 +261,7 @@ def fit(data: Tensor, basis: HermiteBasis | None = None, times: Tensor | None = 
     if basis is not None and not isinstance(basis, HermiteBasis):
         raise TypeError(f"basis: must be a HermiteBasis or None, got {type(basis).__name__}")
     t0 = time.perf_counter()
-    affine = Affine.fit(data, cfg.whiten)
+    affine = Affine.fit(data, cfg.whiten, n_components=cfg.n_components)
     y = affine.encode(data.to(torch.float64))
     if basis is None:
         basis = HermiteBasis.sparse(y.shape[1], cfg.degree, cfg.max_active)
@@ -207,7 +279,7 @@ def fit(data: Tensor, basis: HermiteBasis | None = None, times: Tensor | None = 
             times = torch.as_tensor(times, dtype=torch.float64, device=y.device)
         times = check_times_grid(times.to(device=y.device, dtype=torch.float64), "times",
                                  decreasing=False)
-    c = basis.values(y).mean(0)
+    c = _mean_values(basis, y)
     t1 = time.perf_counter()
     info: dict = {"basis": basis.describe(), "n_samples": int(y.shape[0])}
     if cfg.method == "perturbative":
@@ -216,22 +288,16 @@ def fit(data: Tensor, basis: HermiteBasis | None = None, times: Tensor | None = 
     else:
         terms = gram_terms(basis, y)
         t2 = time.perf_counter()
-        coefs, conds = [], []
-        for i, t in enumerate(times.tolist()):
-            a, cond = solve_system(terms.matrix(t), rhs(basis.eigenvalues, c, t), cfg.ridge,
-                                   check_cond=(i == 0))
-            coefs.append(a)
-            conds.append(cond)
-        coefs = torch.stack(coefs)
-        worst = max((x for x in conds if not math.isnan(x)), default=math.nan)
+        coefs, summary = _solve_times(terms, basis, c, times, cfg)
+        worst = summary["cond_at_t_min"]
         info.update(n_moments=terms.n_moments, n_terms=int(terms.value.numel()),
-                    cond_at_t_min=worst, moments_seconds=t2 - t1,
-                    solve_seconds=time.perf_counter() - t2)
-        if not worst < cfg.cond_warn:
+                    moments_seconds=t2 - t1, solve_seconds=time.perf_counter() - t2, **summary)
+        if summary["solver"] == "dense" and not worst < cfg.cond_warn:
             warnings.warn(f"spectral fit: A(t) is ill-conditioned (condition number {worst:.3g} "
                           f"at t={float(times[0]):.3g} with ridge={cfg.ridge}); raise `ridge`, "
                           "lower `degree`/`max_active`, whiten the data or add samples",
                           RuntimeWarning, stacklevel=2)
+        _warn_cg(summary, cfg)
     info["fit_seconds"] = time.perf_counter() - t0
     return SpectralScoreModel(basis, affine, times, coefs, c, terms, cfg, y.min(0).values,
                               y.max(0).values, info)

@@ -53,7 +53,8 @@ class ScoreMLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 128, layers: int = 3, n_freq: int = 8):
         super().__init__()
-        self.register_buffer("freq", torch.exp(torch.linspace(0, math.log(50.0), n_freq)) / 10)
+        self.register_buffer("freq", torch.exp(torch.linspace(0, math.log(50.0), n_freq,
+                                                                device="cpu")) / 10)
         dims = [dim + 2 * n_freq] + [hidden] * layers
         mods: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):

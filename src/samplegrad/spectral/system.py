@@ -13,7 +13,9 @@ once and ``A`` at any ``t`` is a cheap weighted sum (:class:`GramTerms`).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -27,26 +29,54 @@ def hermite_moments(data: Tensor, coords: Tensor, degs: Tensor, chunk: int = 4_0
                     weights: Tensor | None = None) -> Tensor:
     """``E_data[prod_r h_{degs[g, r]}(x_{coords[g, r]})]``: data ``(N, d)``, ``(G, S)`` -> ``(G,)``.
 
-    Computed in float64 from a ``(d * (deg + 1), N)`` table by row gathers, in chunks of
-    about ``chunk`` numbers. ``weights (N,)`` (summing to 1) replace the plain mean by the
-    weighted average ``sum_i w_i (...)(x_i)`` (the reward tilt, :mod:`.tilt`).
+    Computed in float64 by matrix products: the moments are grouped by their first ``S - 2``
+    factors, and each group is one ``(n, B)^T (n, C)`` product of table columns (the last two
+    factors) weighted by the group's leading factors, over row chunks of about ``chunk``
+    table numbers. ``weights (N,)`` (summing to 1) replace the plain mean by the weighted
+    average ``sum_i w_i (...)(x_i)`` (the reward tilt, :mod:`.tilt`).
     """
     x = data.to(torch.float64)
-    N = x.shape[0]
-    coords, degs = coords.to(x.device), degs.to(x.device)
-    w = None if weights is None else weights.to(device=x.device, dtype=torch.float64)
+    N, d = x.shape
+    dev = x.device
+    coords, degs = coords.to(dev), degs.to(dev)
+    w = None if weights is None else weights.to(device=dev, dtype=torch.float64)
     deg = int(degs.max()) if degs.numel() else 0
-    rows = hermite_table(x, deg).permute(1, 2, 0).reshape(-1, N)  # (d * (deg+1), N)
-    flat = coords * (deg + 1) + degs  # (G, S)
-    G, S = flat.shape
-    step = max(1, chunk // max(1, N * S))
-    out = torch.empty(G, dtype=torch.float64, device=x.device)
-    for s in range(0, G, step):
-        idx = flat[s:s + step]
-        vals = rows.index_select(0, idx.reshape(-1)).view(idx.shape[0], S, N)
-        prod = vals.prod(1)
-        out[s:s + step] = prod.mean(1) if w is None else prod @ w
-    return out
+    flat = coords * (deg + 1) + degs  # (G, S); degree 0 is the constant 1
+    G = flat.shape[0]
+    if G == 0:
+        return torch.zeros(0, dtype=torch.float64, device=dev)
+    while flat.shape[1] < 2:
+        flat = torch.cat([flat, torch.zeros_like(flat[:, :1])], 1)
+    S = flat.shape[1]
+    used, comp = torch.unique(flat, return_inverse=True)  # compact table columns
+    if S > 2:
+        _, gid = torch.unique(comp[:, :S - 2], dim=0, return_inverse=True)
+    else:
+        gid = torch.zeros(G, dtype=torch.int64, device=dev)
+    order = torch.argsort(gid, stable=True)
+    groups = []
+    start = 0
+    for n in torch.bincount(gid).tolist():
+        idx = order[start:start + n]
+        start += n
+        ub, ib = torch.unique(comp[idx, S - 2], return_inverse=True)
+        uc, ic = torch.unique(comp[idx, S - 1], return_inverse=True)
+        groups.append((idx, comp[idx[0], :S - 2], ub, uc, ib * uc.shape[0] + ic))
+    out = torch.zeros(G, dtype=torch.float64, device=dev)
+    # rows per chunk: about ``chunk`` table numbers, but never under 4096 rows (the loop over
+    # groups is Python: few, large products beat many small ones)
+    step = max(4096, chunk // max(1, used.shape[0] + d * (deg + 1)))
+    for s in range(0, N, step):
+        xs = x[s:s + step]
+        tab = hermite_table(xs, deg).reshape(xs.shape[0], -1).index_select(1, used)  # (n, U)
+        ws = None if w is None else w[s:s + step]
+        for idx, lead, ub, uc, pick in groups:
+            pre = tab[:, lead].prod(1) if lead.numel() else None
+            if ws is not None:
+                pre = ws if pre is None else pre * ws
+            left = tab[:, ub] if pre is None else tab[:, ub] * pre.unsqueeze(1)
+            out.index_add_(0, idx, (left.T @ tab[:, uc]).reshape(-1)[pick])
+    return out if w is not None else out / N
 
 
 def ou_expectation(data: Tensor, multi_indices: Tensor, coef: Tensor, t: float) -> Tensor:
@@ -89,6 +119,52 @@ class GramTerms:
             0, self.rows * K + self.cols, w)
         M = M.view(K, K)
         return M + M.T
+
+    def _weights(self, t: float) -> Tensor:
+        return self.value * torch.exp(-t * self.power.to(torch.float64))
+
+    @cached_property
+    def _csr_layout(self) -> tuple[Tensor, Tensor, Tensor]:
+        """CSR structure of ``M + M^T`` with duplicates merged: row pointers, column indices,
+        and for each term of ``cat([value, value])`` the stored entry it adds to."""
+        K = self.size
+        r = torch.cat([self.rows, self.cols])
+        c = torch.cat([self.cols, self.rows])
+        keys, inv = torch.unique(r * K + c, return_inverse=True)  # sorted by (row, col)
+        crow = torch.zeros(K + 1, dtype=torch.int64, device=r.device)
+        crow[1:] = torch.cumsum(torch.bincount(keys // K, minlength=K), 0)
+        return crow, keys % K, inv
+
+    def sparse(self, t: float, dtype: torch.dtype = torch.float64) -> Tensor:
+        """``A(t)`` as a sparse CSR ``(K, K)`` tensor (memory ``O(nnz)``, not ``O(K^2)``)."""
+        t = check_nonneg(t, "t")
+        crow, col, inv = self._csr_layout
+        w = self._weights(t)
+        vals = torch.zeros(col.shape[0], dtype=torch.float64, device=w.device).index_add_(
+            0, inv, torch.cat([w, w])).to(dtype)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta" and the like
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(crow, col, vals, (self.size, self.size),
+                                           device=w.device)
+
+    def diagonal(self, t: float) -> Tensor:
+        """``diag A(t)`` ``(K,)`` float64, without forming ``A``."""
+        t = check_nonneg(t, "t")
+        on = self.rows == self.cols
+        return 2 * torch.zeros(self.size, dtype=torch.float64, device=self.value.device
+                               ).index_add_(0, self.rows[on], self._weights(t)[on])
+
+    def matvec(self, t: float, v: Tensor) -> Tensor:
+        """``A(t) v`` for ``v (K,)`` or ``(K, B)`` without forming ``A``: two gathers and two
+        scatters over the ``n_terms`` stored terms (memory ``O(n_terms)``, not ``O(K^2)``)."""
+        t = check_nonneg(t, "t")
+        if v.shape[0] != self.size or v.ndim not in (1, 2):
+            raise ValueError(f"v: must have shape ({self.size},) or ({self.size}, B), got "
+                             f"{tuple(v.shape)}")
+        w = self._weights(t).to(v.dtype)
+        w = w if v.ndim == 1 else w.unsqueeze(1)
+        out = torch.zeros_like(v).index_add_(0, self.rows, w * v[self.cols])
+        return out.index_add_(0, self.cols, w * v[self.rows])
 
 
 def _derivative_entries(basis: HermiteBasis) -> tuple[Tensor, ...]:

@@ -39,9 +39,11 @@ from samplegrad.spectral.model import (
     SpectralConfig,
     SpectralScoreModel,
     _check_data,
+    _mean_values,
+    _solve_times,
     fit,
 )
-from samplegrad.spectral.system import gram_terms, rhs, solve_system
+from samplegrad.spectral.system import gram_terms
 
 RewardArg = Callable[[Tensor], Tensor] | Tensor
 """``R(x (N, d)) -> (N,)`` on the data, or the rewards ``(N,)`` of the data rows."""
@@ -102,22 +104,17 @@ def effective_sample_size(weights: Tensor) -> float:
 
 
 def _solve_grid(basis: HermiteBasis, y: Tensor, times: Tensor, cfg: SpectralConfig,
-                weights: Tensor | None) -> tuple[Tensor, Tensor, object, float]:
-    """``c``, the coefficients on ``times``, the Gram terms and the worst condition number,
-    with weighted averages (``weights``) or plain means (``None``, exactly as :func:`fit`)."""
-    vals = basis.values(y)
-    c = vals.mean(0) if weights is None else weights @ vals
+                weights: Tensor | None) -> tuple[Tensor, Tensor, object, dict]:
+    """``c``, the coefficients on ``times``, the Gram terms and the solve summary (solver,
+    worst condition number or CG iterations), with weighted averages (``weights``) or plain
+    means (``None``, exactly as :func:`fit`)."""
+    c = _mean_values(basis, y, weights)
     if cfg.method == "perturbative":
-        return c, torch.exp(-times.unsqueeze(1) * basis.eigenvalues) * c, None, math.nan
+        return c, torch.exp(-times.unsqueeze(1) * basis.eigenvalues) * c, None, {
+            "solver": "none", "cond_at_t_min": math.nan}
     terms = gram_terms(basis, y, weights=weights)
-    coefs, conds = [], []
-    for i, t in enumerate(times.tolist()):
-        a, cond = solve_system(terms.matrix(t), rhs(basis.eigenvalues, c, t), cfg.ridge,
-                               check_cond=(i == 0))
-        coefs.append(a)
-        conds.append(cond)
-    worst = max((x for x in conds if not math.isnan(x)), default=math.nan)
-    return c, torch.stack(coefs), terms, worst
+    coefs, summary = _solve_times(terms, basis, c, times, cfg)
+    return c, coefs, terms, summary
 
 
 def tilt(source: Tensor | SpectralScoreModel, reward: RewardArg, lam: float,
@@ -186,8 +183,9 @@ def tilt(source: Tensor | SpectralScoreModel, reward: RewardArg, lam: float,
     w = tilt_weights(r, lam)
     ess = effective_sample_size(w)
     uniform = bool((r == r[0]).all())
-    c, coefs, terms, worst = _solve_grid(basis_, y, grid, cfg, None if uniform else w)
-    if terms is not None and not worst < cfg.cond_warn:
+    c, coefs, terms, summary = _solve_grid(basis_, y, grid, cfg, None if uniform else w)
+    worst = summary["cond_at_t_min"]
+    if summary["solver"] == "dense" and not worst < cfg.cond_warn:
         warnings.warn(f"spectral tilt: A(t) is ill-conditioned (condition number {worst:.3g} "
                       f"at t={float(grid[0]):.3g} with ridge={cfg.ridge}); raise `ridge` or "
                       "`lam`, or lower `degree`", RuntimeWarning, stacklevel=2)
@@ -204,7 +202,7 @@ def tilt(source: Tensor | SpectralScoreModel, reward: RewardArg, lam: float,
     model_info = {"basis": basis_.describe(), "n_samples": n, "tilt": {
         k: v for k, v in info.items() if k != "weights"}}
     if terms is not None:
-        model_info.update(n_moments=terms.n_moments, cond_at_t_min=worst)
+        model_info.update(n_moments=terms.n_moments, **summary)
     info["seconds"] = model_info["fit_seconds"] = time.perf_counter() - t0
     model = SpectralScoreModel(basis_, affine, grid, coefs, c, terms,
                                SpectralConfig(**asdict(cfg)), y.min(0).values, y.max(0).values,
