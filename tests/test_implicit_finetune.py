@@ -424,3 +424,98 @@ def test_a_failed_step_leaves_the_queue_as_it_was():
     assert i1 == i2 and torch.equal(s1.paths, s2.paths) and torch.equal(s1.stage, s2.stage)
     for p1, p2 in zip(m1.parameters(), m2.parameters()):
         assert torch.equal(p1, p2)
+
+
+# ---------------------------------------------------------------- path_memory="recompute"
+def test_recompute_gradient_is_the_stored_path_adjoint_under_the_current_theta():
+    """Its gradient = ``adjoint_grad`` along the path stored by ``sample_path`` with the
+    current theta on the same noise (float64, equal to rounding), = unrolled autograd."""
+    m, _ = tiny()
+    sched = make_sched(linear_alpha_bars(200), 7, torch.float64)
+    cfg = FinetuneConfig(pop_size=5, kl_weight=0.3, seed=11, path_memory="recompute")
+    state = finetune_init(m, sched, cfg, D, optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1))
+    assert state.paths.shape == (0, 8, 5, D) and state.shape == (D,)
+    for _ in range(2):  # the second step runs with a theta the first one moved
+        before = {k: v.detach().clone().requires_grad_(True) for k, v in m.named_parameters()}
+        rng = state.generator.get_state()
+        state, info = finetune_step(state, m, sched, reward, cfg)
+        noise = draw_noise(sched, 5, D, torch.Generator().set_state(rng), torch.float64)
+        with torch.no_grad():
+            path = sample_path(lambda x, t, b=before: torch.func.functional_call(m, b, (x, t)),
+                               noise, sched)
+        grads, info_s = adjoint_grad(m, before, state.ref_params, path, sched, reward, 0.3)
+        loss, _ = unrolled_loss(m, before, state.ref_params, noise, sched, reward, 0.3)
+        g_auto = torch.autograd.grad(loss, list(before.values()))
+        for (k, p), gu in zip(m.named_parameters(), g_auto):
+            torch.testing.assert_close(p.detach(), (before[k] - 0.1 * grads[k]).detach(),
+                                       rtol=1e-12, atol=1e-14, msg=k)
+            torch.testing.assert_close(grads[k], gu, rtol=1e-6, atol=1e-10, msg=k)
+        assert info["reward"] == pytest.approx(info_s["reward"], rel=1e-12)
+        assert info["kl"] == pytest.approx(info_s["kl"], rel=1e-12)
+        assert "finished_slot" not in info
+    assert state.iteration == 2
+
+
+def test_recompute_follows_the_unrolled_baseline_iterate_for_iterate():
+    """Same noise stream, same loss, same Adam: the iterates of the recompute mode and of
+    ``unrolled_step`` agree to float64 rounding (the adjoint is exact)."""
+    import copy
+
+    m1, _ = tiny()
+    m2 = copy.deepcopy(m1)
+    sched = make_sched(linear_alpha_bars(200), 5, torch.float64)
+    cfg = FinetuneConfig(pop_size=4, lr=1e-2, kl_weight=0.2, seed=5, path_memory="recompute")
+    s1, s2 = finetune_init(m1, sched, cfg, D), unrolled_init(m2, cfg, D)
+    for _ in range(4):
+        s1, i1 = finetune_step(s1, m1, sched, reward, cfg)
+        s2, i2 = unrolled_step(s2, m2, sched, reward, cfg)
+        assert i1["reward"] == pytest.approx(i2["reward"], rel=1e-9)
+        assert i1["kl"] == pytest.approx(i2["kl"], rel=1e-9, abs=1e-12)
+    for (k, p1), p2 in zip(m1.named_parameters(), m2.parameters()):
+        torch.testing.assert_close(p1, p2, rtol=1e-8, atol=1e-10, msg=k)
+
+
+def test_recompute_state_saves_resumes_and_refuses_the_other_memory_mode():
+    import copy
+
+    from samplegrad.implicit.finetune import load_queue_state_dict, queue_state_dict
+
+    m, _ = tiny(torch.float32)
+    sched = make_sched(linear_alpha_bars(100), 3)
+    rc = FinetuneConfig(pop_size=3, lr=1e-2, kl_weight=0.1, path_memory="recompute")
+    full = FinetuneConfig(pop_size=3, lr=1e-2, kl_weight=0.1)
+    state = finetune_init(m, sched, rc, D)
+    state, _ = finetune_step(state, m, sched, reward, rc)
+    blob, m_saved = copy.deepcopy(queue_state_dict(state)), copy.deepcopy(m)  # as on disk
+    state, i_straight = finetune_step(state, m, sched, reward, rc)
+    m2 = copy.deepcopy(m_saved)
+    resumed = load_queue_state_dict(finetune_init(m2, sched, rc, D), blob)
+    assert resumed.iteration == 1
+    resumed, i_resumed = finetune_step(resumed, m2, sched, reward, rc)
+    assert i_resumed == i_straight
+    for p1, p2 in zip(m.parameters(), m2.parameters()):
+        assert torch.equal(p1, p2)
+    with pytest.raises(ValueError, match="^blob: the saved queue was built with path_memory"):
+        load_queue_state_dict(finetune_init(copy.deepcopy(m_saved), sched, full, D), blob)
+    with pytest.raises(ValueError, match="^path_memory: state was built with"):
+        finetune_step(state, m, sched, reward, full)
+    with pytest.raises(ValueError, match="^sched: state was built for T = 3"):
+        finetune_step(state, m, make_sched(linear_alpha_bars(100), 4), reward, rc)
+    # a failed step leaves the noise stream as it was
+    rng = state.generator.get_state()
+    with pytest.raises(ValueError, match="^reward_fn:"):
+        finetune_step(state, m, sched, lambda x: x, rc)
+    assert torch.equal(state.generator.get_state(), rng)
+
+
+@settings(max_examples=25, deadline=None)
+@given(value=st.one_of(st.text(max_size=12), st.integers(), st.none(), st.booleans(),
+                       st.lists(st.just("full"), max_size=2)))
+def test_path_memory_must_be_one_of_the_modes(value):
+    from samplegrad.implicit.finetune import PATH_MEMORY
+
+    if value in PATH_MEMORY:
+        assert FinetuneConfig(path_memory=value).path_memory == value
+    else:
+        with pytest.raises(ValueError, match="^path_memory: must be one of"):
+            FinetuneConfig(path_memory=value)

@@ -20,6 +20,12 @@ function of ``theta`` along the path, and its gradient is what both estimators c
   produced under the last ``T`` values of ``theta`` (the paper's approximation); the adjoint
   re-evaluates every step with the *current* ``theta`` at the stored states (no ``theta``
   history kept).
+* ``FinetuneConfig(path_memory="recompute")``: the same ``finetune_init`` / ``finetune_step``
+  without the queue: each step draws fresh noise, samples one path with the current
+  ``theta`` under ``no_grad`` and runs the adjoint along it. Memory: one path
+  ``(T + 1) N d`` during the step instead of the queue's ``T (T + 1) N d``; the gradient is
+  the unrolled baseline's on the same noise (no stale paths); cost: ``T`` sequential
+  network calls of ``N`` rows instead of one batched call of ``T N`` rows.
 * Baseline (``unrolled_init`` / ``unrolled_step``): fresh noise, the full T-step sampler
   with autograd, backward through the unrolled graph.
 
@@ -53,7 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from samplegrad import distributed as _dist
-from samplegrad._config import check_int, check_real
+from samplegrad._config import check_choice, check_int, check_real
 from samplegrad._optim import OptimizerFactory, check_lr, check_optimizer_name, make_optimizer
 from samplegrad._params import optimized as _optimized
 from samplegrad._params import trainable as _trainable
@@ -67,22 +73,41 @@ RewardFn = Callable[[Tensor], Tensor]
 """``R(x_0 (N, *shape)) -> (N,)``, differentiable in ``x_0`` (its gradient starts the
 adjoint)."""
 
+PATH_MEMORY = ("full", "recompute")
+"""The values of :attr:`FinetuneConfig.path_memory`."""
+
 __all__ = [
-    "FinetuneConfig", "FinetuneState", "UnrolledState", "adjoint_grad", "adjoint_step",
-    "advance", "finetune_init", "finetune_step", "load_queue_state_dict", "path_kl",
+    "PATH_MEMORY", "FinetuneConfig", "FinetuneState", "UnrolledState", "adjoint_grad",
+    "adjoint_step", "advance", "finetune_init", "finetune_step", "load_queue_state_dict", "path_kl",
     "queue_state_dict", "unrolled_init", "unrolled_loss", "unrolled_step",
 ]
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Settings shared by the queue (implicit) and the unrolled baseline."""
+    """Settings shared by the queue (implicit) and the unrolled baseline.
+
+    ``path_memory`` (:func:`finetune_init` / :func:`finetune_step` only): ``"full"`` keeps
+    the queue of ``T`` populations with their paths (``T (T + 1) N d`` floats, stale paths);
+    ``"recompute"`` keeps no queue and samples one fresh path per step under the current
+    ``theta`` (``(T + 1) N d`` floats during the step, the unrolled gradient, ``T``
+    sequential no-grad network calls instead of one batched call); see
+    docs/methods.md#path-memory.
+    """
 
     pop_size: int = 32  # samples per population (= batch of one theta step)
     lr: float = 3e-4  # learning rate of the optimizer
     optimizer: str = "Adam"  # a torch.optim class name (or pass optimizer= to the init)
     kl_weight: float = 0.1  # lambda in front of the path KL (0 disables it)
     seed: int = 0  # seed of the sampler noise
+    # what finetune_init / finetune_step keep of the paths between theta steps:
+    # "full": the queue, T populations with their whole paths, T (T + 1) N d floats (the
+    #   paper's algorithm; the adjoint runs along a path produced under the last T thetas);
+    # "recompute": no queue; every theta step draws fresh noise, samples ONE path with the
+    #   current theta (T no-grad calls) and runs the adjoint along it: (T + 1) N d floats,
+    #   alive during the step only, and the gradient of the unrolled baseline (no staleness).
+    #   See docs/methods.md#path-memory.
+    path_memory: str = "full"
 
     def __post_init__(self) -> None:
         check_int(self.pop_size, "pop_size", 1)
@@ -90,6 +115,7 @@ class FinetuneConfig:
         check_optimizer_name(self.optimizer)
         check_real(self.kl_weight, "kl_weight", ge=0)
         check_int(self.seed, "seed")
+        check_choice(self.path_memory, "path_memory", PATH_MEMORY)
 
 
 # ---------------------------------------------------------------- argument checks
@@ -303,6 +329,8 @@ def _global_means(info: dict[str, float], n_local: int, n_total: int) -> dict[st
 class FinetuneState:
     """Explicit state of the queue. ``paths[p, j]`` is ``x_j`` of population ``p``;
     ``stage[p]`` the steps it has done (its current state is ``paths[p, T - stage[p]]``).
+    With ``path_memory="recompute"`` there is no queue: ``paths`` is ``(0, T + 1, N,
+    *shape)`` and ``stage`` ``(0,)`` (they only record T, N and the event shape).
     The model's own parameters are the ones being trained (not held here)."""
 
     optimizer: torch.optim.Optimizer  # updates the model's parameters in place
@@ -371,7 +399,8 @@ def finetune_init(model: nn.Module, sched: SamplerSchedule, cfg: FinetuneConfig,
     that factory is given, else ``torch.optim.<cfg.optimizer>(params, lr=cfg.lr)``; keeps a
     frozen copy of them as the KL reference. Costs ``T - 1`` batched network calls (the
     warm-up); afterwards every :func:`finetune_step` emits one finished population. Paths and
-    noise live on the device and in the dtype of the first trainable parameter.
+    noise live on the device and in the dtype of the first trainable parameter. With
+    ``cfg.path_memory="recompute"`` no queue is built (no warm-up, no stored paths).
 
     Under ``torch.distributed`` (:func:`samplegrad.distributed.init_from_env`) each rank
     holds its :func:`~samplegrad.distributed.shard` of every population (``pop_size /
@@ -393,6 +422,10 @@ def finetune_init(model: nn.Module, sched: SamplerSchedule, cfg: FinetuneConfig,
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     sl = _dist.shard(cfg.pop_size) if _dist.world().distributed else None
     n = cfg.pop_size if sl is None else sl.stop - sl.start
+    if cfg.path_memory == "recompute":  # no queue: nothing is kept between theta steps
+        empty = torch.zeros(0, t_total + 1, n, *shape, dtype=dtype, device=device)
+        return FinetuneState(opt, ref, empty, torch.zeros(0, dtype=torch.long, device=device),
+                             gen, pop_size=cfg.pop_size, shard=sl)
     paths = torch.zeros(t_total, t_total + 1, n, *shape, dtype=dtype, device=device)
     paths[:, t_total] = _global_randn((t_total, n, *shape), gen, paths, cfg.pop_size, sl, 1)
     stage = torch.zeros(t_total, dtype=torch.long, device=device)
@@ -411,7 +444,10 @@ def finetune_step(state: FinetuneState, model: nn.Module, sched: SamplerSchedule
 
     The ``paths``/``stage`` buffers are updated in place (they are large). ``info``:
     ``reward`` (mean R of the finished population), ``kl`` (its mean path KL to the
-    reference), ``grad_norm`` and ``finished_slot``.
+    reference), ``grad_norm`` and ``finished_slot``. With ``cfg.path_memory="recompute"``
+    (the state must have been built with it): fresh noise, one path sampled with the current
+    ``theta``, its adjoint gradient and one optimizer step; ``info`` has no
+    ``finished_slot``.
     """
     if not isinstance(state, FinetuneState):
         raise TypeError(f"state: must be a FinetuneState from finetune_init, got "
@@ -420,11 +456,16 @@ def finetune_step(state: FinetuneState, model: nn.Module, sched: SamplerSchedule
     _check_cfg(cfg)
     _check_reward_fn(reward_fn)
     t_total = sched.n_steps
-    if state.paths.shape[:2] != (t_total, t_total + 1):
-        raise ValueError(f"sched: state was built for T = {state.paths.shape[0]}, schedule "
+    if state.paths.shape[1] != t_total + 1:
+        raise ValueError(f"sched: state was built for T = {state.paths.shape[1] - 1}, schedule "
                          f"has T = {t_total}")
+    if _memory_of(state) != cfg.path_memory:
+        raise ValueError(f"path_memory: state was built with path_memory="
+                         f"{_memory_of(state)!r}, cfg has {cfg.path_memory!r}")
     params = _optimized(model, state.optimizer)
     sched = _schedule_on(sched, state.paths.device)
+    if cfg.path_memory == "recompute":
+        return _recompute_step(state, model, params, sched, reward_fn, cfg)
     stage0, rng0 = state.stage.clone(), state.generator.get_state()
     try:
         advance(model, state.paths, state.stage,
@@ -456,12 +497,62 @@ def finetune_step(state: FinetuneState, model: nn.Module, sched: SamplerSchedule
     return dataclasses.replace(state, iteration=state.iteration + 1), info
 
 
+def _memory_of(state: FinetuneState) -> str:
+    """The ``path_memory`` a state was built with (``recompute`` keeps no populations)."""
+    return "recompute" if state.paths.shape[0] == 0 else "full"
+
+
+def _sample_path_(model: nn.Module, noise: Tensor, sched: SamplerSchedule) -> Tensor:
+    """The ancestral path on ``noise`` ``(T+1, N, *shape)`` without graph, written IN PLACE
+    into ``noise`` (``noise[j]`` becomes ``x_j`` once it is used): one path's memory."""
+    with torch.no_grad():
+        for j in reversed(range(sched.n_steps)):
+            noise[j] = step_mean(model, noise[j + 1], j, sched) + \
+                sched.sigma[j].to(noise.dtype) * noise[j]
+    return noise
+
+
+def _recompute_step(state: FinetuneState, model: nn.Module, params: Params,
+                    sched: SamplerSchedule, reward_fn: RewardFn, cfg: FinetuneConfig
+                    ) -> tuple[FinetuneState, dict[str, float]]:
+    """``path_memory="recompute"``: fresh noise (the draw of :func:`unrolled_step`), one
+    no-grad path with the current ``theta``, the adjoint along it, one optimizer step."""
+    t_total = sched.n_steps
+    n_local, shape = state.paths.shape[2], tuple(state.paths.shape[3:])
+    rng0 = state.generator.get_state()
+    try:
+        noise = _global_randn((t_total + 1, n_local, *shape), state.generator, state.paths,
+                              state.pop_size, state.shard, 1)
+        path = _sample_path_(model, noise, sched)
+        grads, info = adjoint_grad(model, params, state.ref_params, path, sched, reward_fn,
+                                   cfg.kl_weight,
+                                   n_total=state.pop_size if state.shard else None)
+    except BaseException:  # e.g. a bad reward: the state is left as it was (retry possible)
+        state.generator.set_state(rng0)
+        raise
+    del path, noise
+    if state.shard is not None:  # data parallel: sum the ranks' shares of the gradient
+        flat = torch.cat([g.reshape(-1) for g in grads.values()])
+        _dist.all_reduce(flat)
+        grads = {k: g.view_as(params[k])
+                 for k, g in zip(grads, flat.split([g.numel() for g in grads.values()]))}
+        info = _global_means(info, n_local, state.pop_size)
+    info["grad_norm"] = _apply(state.optimizer, params, grads)
+    return dataclasses.replace(state, iteration=state.iteration + 1), info
+
+
 def queue_state_dict(state: FinetuneState) -> dict:
     """The whole queue as plain tensors (``paths`` of every rank gathered to the full
     population, ``stage``, the generator's state, the optimizer's state, the KL reference
     and ``iteration``): what rank 0 checkpoints. A collective under ``torch.distributed``:
     every rank must call it."""
-    paths = state.paths if state.shard is None else _dist.gather(state.paths, dim=2)
+    if state.shard is None:
+        paths = state.paths
+    elif state.paths.shape[0] == 0:  # path_memory="recompute": no populations to gather
+        paths = state.paths.new_zeros(0, state.paths.shape[1], state.pop_size,
+                                      *state.paths.shape[3:])
+    else:
+        paths = _dist.gather(state.paths, dim=2)
     return {"paths": paths.detach().cpu(), "stage": state.stage.cpu(),
             "generator": state.generator.get_state(),
             "optimizer": state.optimizer.state_dict(),
@@ -475,6 +566,10 @@ def load_queue_state_dict(state: FinetuneState, blob: dict) -> FinetuneState:
     queue saved on any number of ranks resumes on any other. Restore the model's parameters
     separately (``model.load_state_dict``)."""
     full = blob["paths"]
+    saved = "recompute" if full.shape[0] == 0 else "full"
+    if saved != _memory_of(state):
+        raise ValueError(f"blob: the saved queue was built with path_memory={saved!r}, this "
+                         f"state with path_memory={_memory_of(state)!r}")
     if full.shape[:2] != state.paths.shape[:2] or full.shape[3:] != state.paths.shape[3:]:
         raise ValueError(f"blob: the saved queue has paths {tuple(full.shape)}, this state "
                          f"{tuple(state.paths.shape)} (different schedule or event shape)")

@@ -6,6 +6,9 @@ estimators given the same number of theta steps and the same Adam settings:
 
 * ``implicit``: the queue of T populations (one batched sampler step per iteration) and the
   adjoint gradient along the finished path (``samplegrad.implicit.finetune``);
+* ``recompute``: the same ``finetune_step`` with ``FinetuneConfig(path_memory="recompute")``:
+  no queue, one fresh path per theta step sampled without graph under the current theta,
+  and the adjoint along it (the unrolled gradient on the same noise, one path in memory);
 * ``unrolled``: fresh noise, the T-step sampler with autograd, backward through it all.
 
 Rewards (images mapped from [-1, 1] to [0, 1]): ``brightness`` (mean pixel, unclamped) and
@@ -15,16 +18,20 @@ reward, clamped brightness, classifier confidence and p(digit), the mean distanc
 sample to its nearest training image, and the path KL to the pretrained model.
 
 Memory: ``activations`` = bytes autograd saves for one gradient, weights excluded
-(unrolled: the whole T-step graph; implicit: the largest single adjoint step, the most
-that is alive at once; ``graph_kib`` in the JSON counts the weights too);
-``state`` = the method's own tensors between steps (implicit: the queue's stored paths,
-``T (T+1) N 64`` floats; unrolled: one noise draw), parameters and Adam moments excluded
+(unrolled: the whole T-step graph; implicit and recompute: the largest single adjoint step,
+the most that is alive at once; ``graph_kib`` in the JSON counts the weights too);
+``state`` = the method's own path tensors (implicit: the queue's stored paths, kept between
+steps, ``T (T+1) N 64`` floats; recompute: the one path of the step, ``(T+1) N 64``;
+unrolled: one noise draw, the same size), parameters and Adam moments excluded
 (the same for both); ``peak RSS`` (optional, ``--rss``) = peak resident memory of a fresh
 subprocess running a few theta steps, minus its resident memory before the first one.
 Results are written after every run (``runs/finetune/finetune.json``; ``--publish``:
 ``docs/results/finetune/``); a rerun with the same settings skips the runs already there (an
 interrupted run resumes and writes the same files, timings and memory probes aside; the
 sample images of finished runs are cached for its grids); ``--fresh`` reruns them all.
+
+``--study memory`` and ``--study stale`` run the path-memory and stale-path studies instead
+(``_finetune_studies``; files under ``OUT/studies/``).
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ from __future__ import annotations
 import argparse
 import copy
 import multiprocessing as mp
+import re
 import resource
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -56,10 +64,14 @@ from samplegrad.implicit.finetune import (
 )
 from samplegrad_bench._args import (
     MissingInputError,
+    UsageError,
+    comma_list,
+    float_list,
     int_list,
     nonneg_float,
     positive_float,
     positive_int,
+    seed_list,
 )
 from samplegrad_bench._common import (
     Timer,
@@ -75,7 +87,24 @@ from samplegrad_bench.paths import cache_dir
 from samplegrad_bench.runners.train_ddpm import QUICK, default_weights, load_ddpm, train_ddpm
 from samplegrad_bench.tasks.rewards import brightness, digit_classifier, digit_log_prob
 
-METHODS = ("implicit", "unrolled")
+METHODS = ("implicit", "recompute", "unrolled")
+STUDIES = ("memory", "stale")
+_STUDY_NAMES = {"memory": ("full", "recompute", "checkpoint", "unrolled"),
+                "stale": ("full", "recompute", "unrolled")}  # and delayK (--study stale)
+_STUDY_ONLY = ("reps", "lr_grid", "seed_grid", "from_results")
+
+
+def _method_list(text: str) -> list[str]:
+    """``--methods``: the benchmark's methods or a study's (checked against --study later)."""
+    names = comma_list()(text)
+    known = {*METHODS, *_STUDY_NAMES["memory"], *_STUDY_NAMES["stale"]}
+    bad = [n for n in names if n not in known and not re.fullmatch(r"delay[1-9]\d*", n)]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"unknown {', '.join(map(repr, bad))}; choose from {','.join(METHODS)} (--study "
+            f"memory: {','.join(_STUDY_NAMES['memory'])}; --study stale: "
+            f"{','.join(_STUDY_NAMES['stale'])},delayK)")
+    return names
 
 
 @dataclass
@@ -91,6 +120,7 @@ class BenchConfig:
     timing_reps: int = 3
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
         pop_size=16, lr=1e-4, kl_weight=3e-3))
+    methods: tuple[str, ...] = METHODS
 
 
 def quick_config(seed: int) -> BenchConfig:
@@ -112,10 +142,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-weight", type=nonneg_float, default=None, help="path-KL weight")
     p.add_argument("--pop-size", type=positive_int, default=None,
                    help="samples per theta step")
+    p.add_argument("--methods", type=_method_list, default=None,
+                   metavar="M,...", help="comma list of " + ",".join(METHODS) +
+                   " (default all; recompute = the implicit step with path_memory='recompute'"
+                   "); --study memory: designs of " + ",".join(_STUDY_NAMES["memory"]) +
+                   "; --study stale: " + ",".join(_STUDY_NAMES["stale"]) + ",delayK")
     p.add_argument("--digit", type=int, choices=range(10), default=None, metavar="0-9",
                    help="target digit of the digit reward (default 3)")
     p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=None,
                    help="peak-RSS probes in subprocesses (default: on, off with --quick)")
+    p.add_argument("--study", choices=STUDIES, default=None,
+                   help="run a study instead of the benchmark (see docs/benchmarks/"
+                        "finetune.md): memory = path-memory designs (--n-steps, --reps, "
+                        "--pop-size, --rss); stale = stale-path runs (--n-steps, --methods, "
+                        "--lr-grid, --seed-grid, --kl-weight, --theta-steps)")
+    p.add_argument("--reps", type=positive_int, default=None,
+                   help="--study memory: timed theta steps per design (median; default 3)")
+    p.add_argument("--lr-grid", type=float_list, default=None, metavar="LR,...",
+                   help="--study stale: Adam learning rates (default 1e-5,3e-5,1e-4)")
+    p.add_argument("--seed-grid", type=seed_list, default=None, metavar="S,...",
+                   help="--study stale: sampler-noise seeds (default 0,1,2)")
+    p.add_argument("--from-results", action="store_true",
+                   help="with --study: rebuild its tables and plots from the raw files in the "
+                        "output folder's studies/ (no runs)")
     p.add_argument("--fresh", action="store_true",
                    help="start over: rerun every run (by default a rerun with the same settings "
                         "skips the runs already in the JSON and runs the rest)")
@@ -198,7 +247,9 @@ def run_method(method: str, model, ref_params, sched, reward_fn, cfg: FinetuneCo
     """Finetune for ``steps`` theta steps; returns (final params, measurements, trace)."""
     model = copy.deepcopy(model).requires_grad_(True)  # trained in place; the caller's stays
     init_time = 0.0
-    if method == "implicit":
+    if method == "recompute":
+        cfg = replace(cfg, path_memory="recompute")
+    if method in ("implicit", "recompute"):
         with Timer() as t:
             state = finetune_init(model, sched, cfg, 64)
         init_time = t.seconds
@@ -229,10 +280,12 @@ def measure_memory(method, state, model, ref_params, sched, reward_fn, cfg) -> d
     n = cfg.pop_size
     params = dict(model.named_parameters())
     weights = [*params.values(), *ref_params.values()]
-    if method == "implicit":
-        weights.append(state.paths)  # the states are views of the queue (counted as state)
+    if method in ("implicit", "recompute"):
+        # the states are views of the queue / of the step's one path (counted as state)
+        path = state.paths[0] if method == "implicit" else torch.zeros(
+            sched.n_steps + 1, n, 64)
+        weights.append(path)
         graph = acts = 0
-        path = state.paths[0]
         a = torch.ones(n, 64) / n
         for j in range(sched.n_steps):  # every step's graph is built and freed alone
             with saved_tensor_bytes() as m:
@@ -242,7 +295,8 @@ def measure_memory(method, state, model, ref_params, sched, reward_fn, cfg) -> d
                 adjoint_step(model, params, ref_params, path[j + 1], j, a, sched,
                              cfg.kl_weight / n)
             graph, acts = max(graph, m["bytes"]), max(acts, m2["bytes"])
-        state_bytes = _nbytes(state.paths, state.stage)
+        state_bytes = _nbytes(state.paths, state.stage) if method == "implicit" else \
+            _nbytes(path)
     else:
         noise = draw_noise(sched, n, 64, torch.Generator().manual_seed(0))
         with saved_tensor_bytes() as m:
@@ -356,8 +410,10 @@ def save_scaling_plot(path: Path, rows: list[dict]) -> None:
             ("state_kib", "state between steps (KiB)"),
             ("step_ms_median", "time per theta step (ms, median)")]
     for ax, (key, label) in zip(axes, keys):
-        for method, marker in (("implicit", "o-"), ("unrolled", "s--")):
+        for method, marker in (("implicit", "o-"), ("recompute", "^-."), ("unrolled", "s--")):
             rs = [r for r in rows if r["method"] == method and r["reward_name"] == "brightness"]
+            if not rs:
+                continue
             ax.plot([r["T"] for r in rs], [r[key] for r in rs], marker, label=method)
         ax.set_xlabel("sampler steps T")
         ax.set_ylabel(label)
@@ -380,7 +436,8 @@ def _settings(args: argparse.Namespace) -> BenchConfig:
         n_steps=tuple(args.n_steps) if args.n_steps else cfg.n_steps,
         theta_steps=args.theta_steps or cfg.theta_steps,
         digit_n_steps=cfg.digit_n_steps, digit=cfg.digit if args.digit is None else args.digit,
-        digit_lr=cfg.digit_lr, eval_n=cfg.eval_n, timing_reps=cfg.timing_reps, finetune=ft)
+        digit_lr=cfg.digit_lr, eval_n=cfg.eval_n, timing_reps=cfg.timing_reps, finetune=ft,
+        methods=tuple(args.methods) if args.methods else cfg.methods)
 
 
 def _same_settings(a: dict, b: dict) -> bool:
@@ -408,6 +465,15 @@ def _image_key(key: tuple) -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
+    if getattr(args, "study", None):
+        from samplegrad_bench.runners._finetune_studies import run_study
+
+        return run_study(args)
+    used = [f"--{k.replace('_', '-')}" for k in _STUDY_ONLY if getattr(args, k, None)]
+    if used:
+        raise UsageError(f"{', '.join(used)}: only with --study memory|stale")
+    if args.methods and not set(args.methods) <= set(METHODS):
+        raise UsageError(f"--methods: without --study choose from {','.join(METHODS)}")
     torch.set_num_threads(args.threads or 1)
     bench = _settings(args)
     out = Path(args.out)
@@ -440,7 +506,7 @@ def run(args: argparse.Namespace) -> dict:
     grids: dict[str, dict[str, Tensor]] = {}
     jobs = [("brightness", t) for t in bench.n_steps]
     jobs += [("digit", t) for t in bench.digit_n_steps]
-    planned = {(r, t, m) for r, t in jobs for m in METHODS}
+    planned = {(r, t, m) for r, t in jobs for m in bench.methods}
     rows = [r for k, r in done.items() if k not in planned]  # other T values: kept
 
     def dump() -> None:
@@ -459,7 +525,7 @@ def run(args: argparse.Namespace) -> dict:
                                 bench.digit, train_x)
         key_grid = f"{reward_name}, T={t_total}"
         grids[key_grid] = {"pretrained": img0}
-        for method in METHODS:
+        for method in bench.methods:
             key = (reward_name, t_total, method)
             label = f"{method} (after {bench.theta_steps} steps)"
             if key in done:
@@ -487,7 +553,7 @@ def run(args: argparse.Namespace) -> dict:
             rows.append(row)
             save_checkpoint(images_path, {"images": images})
             dump()  # after every run: an interrupt loses at most the run under way
-        if len(grids[key_grid]) == 1 + len(METHODS):  # never a partial grid over a full one
+        if len(grids[key_grid]) == 1 + len(bench.methods):  # never a partial grid over a full one
             save_grids(out / f"samples_{reward_name}_T{t_total}{'_quick' if args.quick else ''}"
                        ".png", grids[key_grid],
                        f"{reward_name}: samples on the same noise, T={t_total}")
