@@ -2,7 +2,8 @@
 
 Float64 on a tiny Denoiser (vocabulary 3 + [MASK], length 3, 2-3 unmasking steps):
 - the pathwise gradient (unrolled, truncated, adjoint, queue) equals autograd through the
-  unrolled sampler written out plainly below, with the same noise;
+  unrolled sampler written out plainly below, with the same noise, from all-[MASK] starts
+  and from clamped (``given``) clue tokens;
 - the closed-form path KL equals the KL between the two trajectory laws (enumeration), and
   its Monte Carlo average agrees within 5 standard errors;
 - the REINFORCE leave-one-out gradient is unbiased against the exact gradient (enumeration
@@ -54,11 +55,12 @@ def params_of(model):
 
 
 # ---------------------------------------------------------------- plain reference
-def plain_loss(model, ref, gumbel, uniforms, tau, hard, lam, truncate=None):
+def plain_loss(model, ref, gumbel, uniforms, tau, hard, lam, truncate=None, start=None):
     """Autograd through the unrolled sampler, written out: Gumbel-softmax draws from the
-    noise ``gumbel`` (T, N, L, V), reveals from ``uniforms`` (T, N, L)."""
+    noise ``gumbel`` (T, N, L, V), reveals from ``uniforms`` (T, N, L), from ``start`` (N, L)
+    tokens (default all [MASK]; others are clamped clues)."""
     t_total, n = uniforms.shape[:2]
-    x = one_hot(torch.full((n, L), MASK), W).double()
+    x = one_hot(torch.full((n, L), MASK) if start is None else start, W).double()
     kl_total = torch.zeros(n, dtype=torch.float64)
     for k in range(t_total):
         track = truncate is None or k >= t_total - truncate
@@ -113,6 +115,74 @@ def test_pathwise_gradient_equals_autograd_through_the_plain_sampler(hard, trunc
     grads, _ = ft.adjoint_grad(model, params_of(model), ref_params, info["path"], reward,
                                draw, kl_weight=lam, truncate=truncate)
     assert_grads_close(list(grads.values()), want)
+
+
+CLUES = torch.tensor([[MASK, 2, MASK], [0, MASK, MASK], [MASK, MASK, MASK], [1, MASK, 0],
+                      [MASK, MASK, 2]])
+
+
+@pytest.mark.parametrize("hard", [False, True])
+@pytest.mark.parametrize("truncate", [None, 2])
+def test_pathwise_gradient_with_clues_equals_autograd_through_the_plain_sampler(hard, truncate):
+    """The clue-conditioned (``given``) path: clamped tokens are fed to every model call and
+    never drawn; unrolled and adjoint gradients equal the plain sampler's in float64."""
+    model, t_total, n, tau, lam = tiny(2), 3, len(CLUES), 0.6, 0.4
+    ref = perturbed(model, seed=4)
+    gen = torch.Generator().manual_seed(7)
+    gumbel = -torch.log(-torch.log(torch.rand(t_total, n, L, V, generator=gen,
+                                              dtype=torch.float64)))
+    uniforms = torch.rand(t_total, n, L, generator=gen, dtype=torch.float64)
+    want = grads_of(plain_loss(model, ref, gumbel, uniforms, tau, hard, lam, truncate,
+                               start=CLUES), model)
+    assert any(w is not None and bool(w.abs().sum() > 0) for w in want)
+
+    def draw(logits, k):
+        return gumbel_softmax(logits, tau, hard, noise=gumbel[k])
+
+    ref_params = {k: p.detach() for k, p in ref.named_parameters()}
+    start = ft.unrolled_init(model, ft.MDMFinetuneConfig(n_steps=t_total, pop_size=n),
+                             given=CLUES).start  # the states' own clamped starts
+    assert torch.equal(start, CLUES)
+    loss, info = ft.unrolled_loss(model, params_of(model), ref_params, start, uniforms,
+                                  reward, draw, kl_weight=lam, truncate=truncate)
+    assert_grads_close(grads_of(loss, model), want)
+    clamped = CLUES != MASK
+    assert torch.equal(info["path"][-1].argmax(-1)[clamped], CLUES[clamped])
+    grads, _ = ft.adjoint_grad(model, params_of(model), ref_params, info["path"], reward,
+                               draw, kl_weight=lam, truncate=truncate)
+    assert_grads_close(list(grads.values()), want)
+
+
+def test_pool_starts_are_drawn_from_the_pool_every_step():
+    """``pool=``: each theta step (queue: each restart) starts from rows of the pool, clues
+    clamped; ``given`` and ``pool`` together are refused."""
+    model = tiny()
+    cfg = ft.MDMFinetuneConfig(n_steps=2, pop_size=6, estimator="straight_through", lr=0.01)
+    pool = CLUES[[0, 1, 3]]
+    rows = {tuple(r) for r in pool.tolist()}
+    for init, step in ((ft.unrolled_init, ft.unrolled_step), (ft.finetune_init, ft.finetune_step),
+                       (ft.reinforce_init, ft.reinforce_step)):
+        seen = []
+
+        def recording(x, seen=seen):
+            seen.append(x.detach())
+            return reward(x)
+
+        state = init(model, cfg, pool=pool)
+        starts = []
+        for _ in range(4):
+            state, _ = step(state, model, recording, cfg)
+            starts.append(state.paths[:, 0].argmax(-1) if init is ft.finetune_init
+                          else state.start)  # (queue: the starts of all T populations)
+        drawn = {tuple(r) for r in torch.cat(starts).reshape(-1, L).tolist()}
+        assert drawn <= rows and len(drawn) > 1  # pool rows, not one fixed start
+        x = torch.cat(seen).argmax(-1)  # every finished sequence keeps some pool row's clues
+        agree = torch.stack([((r == MASK) | (x == r)).all(-1) for r in pool]).any(0)
+        assert bool(agree.all())
+    with pytest.raises(ValueError, match="pool"):
+        ft.unrolled_init(model, cfg, given=CLUES[0], pool=pool)
+    with pytest.raises(ValueError, match="pool"):
+        ft.unrolled_init(model, cfg, pool=torch.tensor([[0, 5, MASK]]))
 
 
 def test_queue_gradient_is_the_unrolled_gradient_on_its_path():

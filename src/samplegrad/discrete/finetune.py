@@ -23,6 +23,10 @@ there. For your own model, e.g. ``lambda x: lm(inputs_embeds=x @ lm.get_input_em
 .weight).logits`` when ``x`` is float. Rewards ``R(x_T)`` take the clean one-hot / soft
 tokens ``(N, L, V)`` and return ``(N,)``.
 
+Starts: all [MASK], or ``given=`` tokens clamped in every path (e.g. a puzzle's clues), or
+``pool=`` ``(M, L)`` starting tokens from which every theta step (the queue: every restart of
+a population) draws its ``pop_size`` starts, so that a model learns to infill many prompts.
+
 Methods (all ``*_init`` / ``*_step`` pairs, training the model IN PLACE with a
 ``torch.optim`` optimizer over its trainable parameters; a frozen copy of their initial
 values is the KL reference):
@@ -226,6 +230,30 @@ def _start(given: Tensor | None, n: int, seq_len: int, mask_id: int, vocab: int,
         raise ValueError(f"given: must be shaped ({seq_len},) or ({n}, {seq_len}), got "
                          f"{tuple(given.shape)}")
     return given.clone()
+
+
+def _check_pool(pool: Tensor | None, given: Tensor | None, seq_len: int, mask_id: int,
+                vocab: int, device: torch.device) -> Tensor | None:
+    """``pool`` ``(M, L)`` starting tokens (mask id = free) on ``device``, checked."""
+    if pool is None:
+        return None
+    if given is not None:
+        raise ValueError("pool: give either given= (fixed starts) or pool= (starts drawn "
+                         "from it), not both")
+    pool = check_tokens(pool, None, seq_len, name="pool").to(device)
+    if pool.ndim != 2 or pool.shape[0] < 1:
+        raise ValueError(f"pool: must be shaped (M, {seq_len}) with M >= 1, got "
+                         f"{tuple(pool.shape)}")
+    if validation_enabled() and bool(((pool >= vocab) & (pool != mask_id)).any()):
+        raise ValueError(f"pool: has token ids outside 0..{vocab - 1} that are not the mask "
+                         f"id {mask_id}")
+    return pool
+
+
+def _draw_starts(pool: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` rows of ``pool`` drawn uniformly with replacement: ``(n, L)``."""
+    idx = torch.randint(pool.shape[0], (n,), generator=generator, device=generator.device)
+    return pool[idx.to(pool.device)]
 
 
 def _reward(reward_fn: RewardFn, x: Tensor, need_grad: bool) -> Tensor:
@@ -521,6 +549,7 @@ class MDMUnrolledState:
     mask_id: int
     vocab: int
     iteration: int = 0
+    pool: Tensor | None = None  # (M, L) starting tokens drawn from per theta step (or None)
 
 
 @dataclass
@@ -539,13 +568,15 @@ class MDMFinetuneState:
     mask_id: int
     vocab: int
     iteration: int = 0
+    pool: Tensor | None = None  # (M, L) starting tokens drawn from at every restart
 
 
 def _init_common(model: nn.Module, cfg: MDMFinetuneConfig, params: Iterable[Tensor] | None,
                  optimizer: OptimizerFactory | None, given: Tensor | None,
-                 mask_id: int | None, vocab: int | None,
-                 seq_len: int | None) -> tuple[Params, Params, torch.optim.Optimizer, Tensor,
-                                               int, int, torch.Generator]:
+                 mask_id: int | None, vocab: int | None, seq_len: int | None,
+                 pool: Tensor | None = None
+                 ) -> tuple[Params, Params, torch.optim.Optimizer, Tensor, int, int,
+                            torch.Generator, Tensor | None]:
     _check_cfg(cfg)
     mask_id, vocab = _ids(_check_model(model), mask_id, vocab)
     trainable = _trainable(model, params)
@@ -559,30 +590,37 @@ def _init_common(model: nn.Module, cfg: MDMFinetuneConfig, params: Iterable[Tens
         seq_len = getattr(getattr(model, "config", None), "seq_len", None)
         if seq_len is None and given is not None:
             seq_len = given.shape[-1]
+        if seq_len is None and isinstance(pool, Tensor):
+            seq_len = pool.shape[-1]
     if seq_len is None:
         raise ValueError("seq_len: give the sequence length (or given=, or a model with "
                          ".config.seq_len)")
     check_int(seq_len, "seq_len", 1)
     _probe(model, seq_len, mask_id, vocab, p0.dtype, p0.device)
-    start = _start(given, cfg.pop_size, seq_len, mask_id, vocab, p0.device)
+    pool = _check_pool(pool, given, seq_len, mask_id, vocab, p0.device)
     gen = torch.Generator(device=p0.device).manual_seed(cfg.seed)
-    return trainable, ref, opt, start, mask_id, vocab, gen
+    start = _start(given, cfg.pop_size, seq_len, mask_id, vocab, p0.device) if pool is None \
+        else _draw_starts(pool, cfg.pop_size, gen)
+    return trainable, ref, opt, start, mask_id, vocab, gen, pool
 
 
 def unrolled_init(model: nn.Module, cfg: MDMFinetuneConfig, *,
                   params: Iterable[Tensor] | None = None,
                   optimizer: OptimizerFactory | None = None, given: Tensor | None = None,
                   mask_id: int | None = None, vocab: int | None = None,
-                  seq_len: int | None = None) -> MDMUnrolledState:
+                  seq_len: int | None = None, pool: Tensor | None = None) -> MDMUnrolledState:
     """State of the unrolled pathwise method (also used by :func:`reinforce_step`, see
     :func:`reinforce_init`). Trains ``params`` (default: every parameter with
     ``requires_grad``) with ``optimizer(params)`` or ``torch.optim.<cfg.optimizer>``; keeps
     a frozen copy as the KL reference. ``given``: ``(L,)`` or ``(pop_size, L)`` tokens
-    clamped in every path (mask id = free). ``mask_id`` / ``vocab`` / ``seq_len`` default to
-    ``model.config``'s. One probe call checks the model contract (float one-hot inputs)."""
-    _, ref, opt, start, mask_id, vocab, gen = _init_common(model, cfg, params, optimizer, given,
-                                                           mask_id, vocab, seq_len)
-    return MDMUnrolledState(opt, ref, gen, start, mask_id, vocab)
+    clamped in every path (mask id = free). ``pool`` (instead of ``given``): ``(M, L)``
+    starting tokens (e.g. the clues of M puzzles); every theta step draws its ``pop_size``
+    starts from them, uniformly with replacement, with the state's generator.
+    ``mask_id`` / ``vocab`` / ``seq_len`` default to ``model.config``'s. One probe call
+    checks the model contract (float one-hot inputs)."""
+    _, ref, opt, start, mask_id, vocab, gen, pool = _init_common(
+        model, cfg, params, optimizer, given, mask_id, vocab, seq_len, pool)
+    return MDMUnrolledState(opt, ref, gen, start, mask_id, vocab, pool=pool)
 
 
 def reinforce_init(model: nn.Module, cfg: MDMFinetuneConfig, **kwargs: Any
@@ -611,6 +649,9 @@ def unrolled_step(state: MDMUnrolledState, model: nn.Module, reward_fn: RewardFn
     _check_cfg(cfg)
     params = _optimized(model, state.optimizer)
     p0 = next(iter(params.values()))
+    if state.pool is not None:
+        state = dataclasses.replace(state, start=_draw_starts(state.pool, cfg.pop_size,
+                                                              state.generator))
     u = torch.rand((cfg.n_steps, *state.start.shape), generator=state.generator,
                    dtype=p0.dtype, device=p0.device)
     draw = pathwise_draw(cfg.estimator, state.generator, **cfg.knobs)
@@ -633,6 +674,9 @@ def reinforce_step(state: MDMUnrolledState, model: nn.Module, reward_fn: RewardF
     _check_state(state, MDMUnrolledState, "reinforce_init")
     _check_cfg(cfg)
     params = _optimized(model, state.optimizer)
+    if state.pool is not None:
+        state = dataclasses.replace(state, start=_draw_starts(state.pool, cfg.pop_size,
+                                                              state.generator))
     path = sample_path(model, params, state.start, cfg.n_steps, state.generator,
                        mask_id=state.mask_id, vocab=state.vocab)
     grads, info = reinforce_grad(model, params, state.ref_params, path, reward_fn,
@@ -695,19 +739,26 @@ def finetune_init(model: nn.Module, cfg: MDMFinetuneConfig, *,
                   params: Iterable[Tensor] | None = None,
                   optimizer: OptimizerFactory | None = None, given: Tensor | None = None,
                   mask_id: int | None = None, vocab: int | None = None,
-                  seq_len: int | None = None) -> MDMFinetuneState:
+                  seq_len: int | None = None, pool: Tensor | None = None) -> MDMFinetuneState:
     """Fill the queue with the model as it is: population ``p`` has done ``p`` of the
     ``cfg.n_steps`` steps (``T - 1`` batched warm-up calls); afterwards every
-    :func:`finetune_step` finishes one population. Arguments as :func:`unrolled_init`."""
-    trainable, ref, opt, start, mask_id, vocab, gen = _init_common(
-        model, cfg, params, optimizer, given, mask_id, vocab, seq_len)
+    :func:`finetune_step` finishes one population. Arguments as :func:`unrolled_init`
+    (``pool``: every population, and every restart, draws its own ``pop_size`` starts)."""
+    trainable, ref, opt, start, mask_id, vocab, gen, pool = _init_common(
+        model, cfg, params, optimizer, given, mask_id, vocab, seq_len, pool)
     t_total = cfg.n_steps
-    x0 = nn.functional.one_hot(start, _width(mask_id, vocab)).to(next(iter(ref.values())).dtype)
+    dtype, width = next(iter(ref.values())).dtype, _width(mask_id, vocab)
+    x0 = nn.functional.one_hot(start, width).to(dtype)
     paths = x0.new_zeros((t_total, t_total + 1, *x0.shape))
     paths[:, 0] = x0
+    if pool is not None:  # population 0 keeps `start`, the others draw their own
+        for p in range(1, t_total):
+            paths[p, 0] = nn.functional.one_hot(_draw_starts(pool, cfg.pop_size, gen),
+                                                width).to(dtype)
     stage = torch.zeros(t_total, dtype=torch.long, device=x0.device)
     seeds = [_new_seed(gen) for _ in range(t_total)]
-    state = MDMFinetuneState(opt, ref, paths, stage, seeds, gen, start, mask_id, vocab)
+    state = MDMFinetuneState(opt, ref, paths, stage, seeds, gen, start, mask_id, vocab,
+                             pool=pool)
     for i in range(t_total - 1):
         _advance(model, trainable, state, list(range(i + 1, t_total)), cfg)
     return state
@@ -745,5 +796,9 @@ def finetune_step(state: MDMFinetuneState, model: nn.Module, reward_fn: RewardFn
     info["grad_norm"] = _apply(state.optimizer, params, grads, cfg.grad_clip)
     state.stage[p] = 0
     state.seeds[p] = _new_seed(state.generator)
+    if state.pool is not None:
+        state.paths[p, 0] = nn.functional.one_hot(
+            _draw_starts(state.pool, cfg.pop_size, state.generator),
+            state.paths.shape[-1]).to(state.paths.dtype)
     info["finished_slot"] = p
     return dataclasses.replace(state, iteration=state.iteration + 1), info

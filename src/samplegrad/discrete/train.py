@@ -12,6 +12,7 @@ checkpoints (model, optimizer, step, RNG, loss history) that resume exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,10 +23,11 @@ from samplegrad import distributed as _dist
 from samplegrad._config import check_choice, check_int, check_real
 from samplegrad._optim import OptimizerFactory, check_lr, check_optimizer_name, make_optimizer
 from samplegrad.checkpoint import load_checkpoint, save_checkpoint
+from samplegrad.diffusion._checks import shape_str
 from samplegrad.discrete.loss import WEIGHTINGS, masked_diffusion_loss
 from samplegrad.discrete.model import Denoiser, MDMConfig
 
-__all__ = ["MDMTrainConfig", "MDMTrainState", "load_model", "load_train_state",
+__all__ = ["ClueFn", "MDMTrainConfig", "MDMTrainState", "load_model", "load_train_state",
            "save_train_state", "train_init", "train_step"]
 
 
@@ -97,13 +99,20 @@ def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def train_step(state: MDMTrainState, data: Tensor,
-               cfg: MDMTrainConfig) -> tuple[MDMTrainState, dict[str, float]]:
+ClueFn = Callable[[Tensor, torch.Generator], Tensor]
+"""``clues(batch (B, L), generator) -> keep`` bool ``(B, L)``: the clue positions of an
+infilling batch (never masked nor scored), drawn from the training generator."""
+
+
+def train_step(state: MDMTrainState, data: Tensor, cfg: MDMTrainConfig, *,
+               clues: ClueFn | None = None) -> tuple[MDMTrainState, dict[str, float]]:
     """One optimizer step on a batch drawn (with replacement) from ``data`` ``(N, L)``.
 
     Returns ``(state, {"loss": float, "lr": float})``; ``state`` is advanced in place (the
     same object is returned). ``data`` may live on any device; the batch moves to the
-    model's.
+    model's. ``clues`` (infilling): draws each batch's clue positions (see
+    :data:`ClueFn` and ``keep`` of :func:`masked_diffusion_loss`) after the batch, from
+    ``state.generator``, so that a resumed run stays exact.
 
     Under ``torch.distributed`` (:func:`samplegrad.distributed.init_from_env`) every rank
     draws the same global batch and masks from ``state.generator`` (seeded alike), runs its
@@ -119,9 +128,16 @@ def train_step(state: MDMTrainState, data: Tensor,
         g["lr"] = lr
     state.model.train()
     parallel = _dist.world().distributed
+    keep = None
+    if clues is not None:
+        keep = clues(batch, state.generator)
+        if not isinstance(keep, Tensor) or keep.dtype != torch.bool or keep.shape != batch.shape:
+            raise ValueError(f"clues: must return a bool tensor shaped {tuple(batch.shape)}, "
+                             f"got {shape_str(keep)}")
     loss = masked_diffusion_loss(state.model, batch, weighting=cfg.weighting,
                                  generator=state.generator,
-                                 shard=_dist.shard(len(batch)) if parallel else None)
+                                 shard=_dist.shard(len(batch)) if parallel else None,
+                                 keep=keep)
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if parallel:

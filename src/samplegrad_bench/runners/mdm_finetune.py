@@ -1,4 +1,7 @@
-"""`samplegrad bench mdm-finetune`: reward finetuning of the digits masked diffusion model.
+"""`samplegrad bench mdm-finetune`: reward finetuning of the digits masked diffusion model
+(``--task digits``, the default, described here) and of the Sudoku infilling model
+(``--task sudoku``: :mod:`samplegrad_bench.runners._mdm_sudoku`, files
+``mdm_finetune_sudoku.{json,md}``, ``sudoku_grids.png``, ``sudoku_tradeoff.png``).
 
 The pretrained MDM over binarized 8x8 digits (``final.pt`` of `samplegrad train-mdm --task
 digits`; ``--quick``: a tiny stand-in trained here) is finetuned IN PLACE toward the reward
@@ -230,9 +233,14 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=("digits", "sudoku"), default="digits",
+                   help="digits: the digits MDM, reward log p(3 | x); sudoku: the infilling "
+                        "MDM (train-mdm --task sudoku-infill), reward -violations, evaluated "
+                        "on held-out puzzles")
     p.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
-                   help="folder of digits/final.pt from `samplegrad train-mdm` (default: the "
-                        "cache's checkpoints/mdm; quick: a tiny stand-in if that is missing)")
+                   help="folder of digits/final.pt (sudoku: sudoku-infill/final.pt) from "
+                        "`samplegrad train-mdm` (default: the cache's checkpoints/mdm; quick: "
+                        "a tiny stand-in if that is missing)")
     p.add_argument("--methods", type=comma_list(choices=METHODS), default=None,
                    metavar="NAME,...", help="comma list of " + ",".join(METHODS))
     p.add_argument("--estimators", type=comma_list(choices=ft._pathwise_names()),
@@ -254,6 +262,8 @@ def run(args: argparse.Namespace) -> dict:
     from samplegrad_bench.tasks.rewards import digit_classifier
 
     torch.set_num_threads(args.threads or 1)
+    if getattr(args, "task", "digits") == "sudoku":
+        return run_sudoku(args)
     cfg = quick_config() if args.quick else BenchConfig()
     over = {"methods": args.methods, "estimators": args.estimators, "seeds": args.seeds,
             "theta_steps": args.theta_steps, "n_steps": args.n_steps,
@@ -322,4 +332,102 @@ def run(args: argparse.Namespace) -> dict:
         _plot_samples(samples, args.out / f"samples{suffix}.png")
     if not args.quick:
         _plot(summary, curves, args.out / "tradeoff.png")
+    return {"rows": rows, "summary": summary}
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    over = {"methods": args.methods, "estimators": args.estimators, "seeds": args.seeds,
+            "theta_steps": args.theta_steps, "n_steps": args.n_steps,
+            "truncate": args.truncate, "pop_size": args.pop_size, "lr": args.lr,
+            "kl_weight": args.kl_weight}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in over.items() if v is not None}
+
+
+def run_sudoku(args: argparse.Namespace) -> dict:
+    """``--task sudoku``: every (method, estimator, seed) run on the infilling MDM, results
+    written after each run (resumable as the digits task), table, grids and plot. Unlike
+    the digits task, saved runs outside this invocation's selection (other methods,
+    estimators or seeds, same settings otherwise) are kept in the results, so a selection
+    can be run in several invocations."""
+    import json
+
+    from samplegrad.checkpoint import load_checkpoint
+    from samplegrad_bench.runners import _mdm_sudoku as sk
+    from samplegrad_bench.runners.guidance import _checkpoint
+
+    cfg = replace(sk.quick_config() if args.quick else sk.SudokuConfig(), **_overrides(args))
+    if cfg.truncate > cfg.n_steps:
+        from samplegrad_bench._args import UsageError
+
+        raise UsageError(f"--truncate {cfg.truncate} must be <= --n-steps {cfg.n_steps}")
+    ckpt = _checkpoint(args.checkpoint, "sudoku-infill", "final", args.quick)
+    model_metrics = load_checkpoint(ckpt.parent / "metrics.pt",
+                                    check=lambda b: b["final"]) or {}
+    pool, held, _ = sk.puzzles(cfg)
+    suffix = "_quick" if args.quick else ""
+    out_path = args.out / f"mdm_finetune_sudoku{suffix}.json"
+    settings = {"task": "sudoku", "bench": asdict(cfg), "checkpoint": str(ckpt),
+                "threads": torch.get_num_threads(),
+                "estimator_knobs": {e: default_knobs(e) for e in cfg.estimators}}
+    saved: dict = {}
+    base = None
+    if out_path.exists() and not args.fresh:
+        old = json.loads(out_path.read_text())
+        if _same(old.get("settings", {}), settings):
+            saved = {(r["method"], r["estimator"], r["seed"]): r for r in old.get("rows", [])}
+            base = old.get("base")  # the pretrained model's metrics (sampler seed 0)
+    print("settings:", settings)
+    print("pretrained model (train-mdm metrics):", model_metrics.get("final", "n/a"))
+    if base is None:
+        base_model = load_model(ckpt)
+        base_ref = {k: p.detach().clone() for k, p in base_model.named_parameters()}
+        with Timer() as t_base:
+            base, base_grids = sk.evaluate(base_model, base_ref, cfg, held, 0)
+        base |= {"ms/theta step": 0.0, "graph KiB": 0.0, "state KiB": 0.0,
+                 "eval seconds": t_base.seconds, "grid0": base_grids[0].tolist()}
+    jobs = [(m, e, s) for m in cfg.methods for e in (cfg.estimators if m in PATHWISE
+                                                     else ("-",)) for s in cfg.seeds]
+    curves: dict[str, list[float]] = {}
+    rows = [r for key, r in saved.items() if key not in set(jobs)]  # other selections
+    for r in rows:
+        if r["seed"] == min(x["seed"] for x in saved.values()):
+            name = r["method"] if r["estimator"] == "-" else f"{r['method']}/{r['estimator']}"
+            curves[name] = r["curve"]
+    grids = {"pretrained": torch.tensor(base["grid0"])}
+    head = {"settings": settings, "model": model_metrics, "base": base}
+    bar = progress(jobs, desc="mdm-finetune sudoku", total=len(jobs))
+    for method, est, seed in bar:
+        bar.set_postfix_str(f"{method}/{est}/{seed}")
+        if (method, est, seed) in saved:
+            row = saved[(method, est, seed)]
+        else:
+            row, g, curve = sk.run_one(method, est if est != "-" else "gumbel_soft", seed, cfg,
+                                       ckpt, pool, held, _graph_kib)
+            row["curve"] = curve
+            row["grid0"] = g[0].tolist()
+        rows.append(row)
+        name = method if est == "-" else f"{method}/{est}"
+        if seed == cfg.seeds[0]:
+            curves[name] = row["curve"]
+            grids[name] = torch.tensor(row["grid0"])
+        write_json(out_path, {**head, "rows": rows, "complete": False})
+    for r in rows:  # grids of the other selections' runs (any seed, for the sample plot)
+        name = r["method"] if r["estimator"] == "-" else f"{r['method']}/{r['estimator']}"
+        grids.setdefault(name, torch.tensor(r["grid0"]))
+    summary = sk.summary(rows, base)
+    write_json(out_path, {**head, "rows": rows, "summary": summary, "complete": True})
+    table = markdown_table(summary, ["method", "estimator", "seeds", "solved", "± solved",
+                                     "solved guided", "violations", "± violations",
+                                     "violations guided", "path KL", "ms/theta step",
+                                     "graph KiB", "state KiB"], digits=3)
+    print()
+    print(table)
+    (args.out / f"mdm_finetune_sudoku{suffix}.md").write_text(table + "\n")
+    best = max(summary[1:] or summary, key=lambda r: r["solved"])
+    best_name = best["method"] if best["estimator"] == "-" \
+        else f"{best['method']}/{best['estimator']}"
+    sk.plot_grids(held[0], {k: v for k, v in grids.items() if k in ("pretrained", best_name)},
+                  args.out / f"sudoku_grids{suffix}.png")
+    if not args.quick:
+        sk.plot(summary, curves, args.out / "sudoku_tradeoff.png")
     return {"rows": rows, "summary": summary}

@@ -2,8 +2,13 @@
 
 Two tasks: Sudoku solutions (``random_solutions``, 81 tokens, vocabulary 9 + [MASK]) and
 binarized 8x8 digits (``load_digits("train", binarize=True)``, 64 tokens, vocabulary
-2 + [MASK]). Checkpoints go to ``DIR/TASK/{weak,early,middle,final}.pt`` at fixed fractions
-of the run, and ``last.pt`` every ``--ckpt-every`` steps and on Ctrl-C (the one before kept as
+2 + [MASK]); ``--task all`` trains both. A third, ``sudoku-infill`` (trained only when
+named), is the larger clue-conditioned Sudoku model of `bench mdm-finetune --task sudoku`:
+every training grid gets a random clue subset (fraction ~ U(0, 0.7)) that is never masked
+nor scored, so the loss is the negative ELBO of the free cells given the clues; it is also
+evaluated on held-out puzzles (infilling loss, fraction solved without guidance).
+Checkpoints go to ``DIR/TASK/{weak,early,middle,final}.pt`` at fixed fractions of the run,
+and ``last.pt`` every ``--ckpt-every`` steps and on Ctrl-C (the one before kept as
 ``last.pt.prev``); a rerun with the same settings resumes from ``last.pt`` (model, optimizer,
 generator, losses) and writes exactly what an uninterrupted run writes (``seconds_this_run``
 aside); ``--fresh`` deletes them and starts over.
@@ -40,7 +45,8 @@ from samplegrad_bench.paths import cache_dir
 from samplegrad_bench.tasks.mdm_objectives import digit_tokens, sudoku_grid, sudoku_tokens
 
 STAGES: dict[str, float] = {"weak": 0.03, "early": 0.2, "middle": 0.35, "final": 1.0}
-TASKS = ("sudoku", "digits")
+TASKS = ("sudoku", "digits")  # --task all
+EXTRA_TASKS = ("sudoku-infill",)  # trained only when named
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,14 @@ def task_spec(task: str, quick: bool = False) -> TaskSpec:
     elif task == "digits":
         spec = TaskSpec(MDMConfig(2, 64, width=64, depth=2, heads=4, mlp_ratio=2),
                         MDMTrainConfig(steps=800, batch_size=64, lr=2e-3, warmup=50), 0)
+    elif task == "sudoku-infill":
+        if quick:  # a tiny model, trained in seconds (the quick paths of the benches)
+            return TaskSpec(MDMConfig(9, 81, width=32, depth=1, heads=2, mlp_ratio=2),
+                            MDMTrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5), 400)
+        spec = TaskSpec(MDMConfig(9, 81, width=128, depth=4, heads=4, mlp_ratio=2),
+                        MDMTrainConfig(steps=1000, batch_size=64, lr=2e-3, warmup=60), 6000)
     else:
-        raise ValueError(f"task must be one of {TASKS}; got {task!r}")
+        raise ValueError(f"task must be one of {(*TASKS, *EXTRA_TASKS)}; got {task!r}")
     if quick:
         spec = replace(spec, train=replace(spec.train, steps=40, warmup=5),
                        n_data=min(spec.n_data, 400))
@@ -70,7 +82,7 @@ def task_spec(task: str, quick: bool = False) -> TaskSpec:
 
 def task_data(task: str, spec: TaskSpec, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train tokens, held-out tokens) of ``task``."""
-    if task == "sudoku":
+    if task in ("sudoku", "sudoku-infill"):
         from samplegrad_bench.tasks.sudoku import random_solutions
 
         return (sudoku_tokens(random_solutions(spec.n_data, seed)),
@@ -82,21 +94,49 @@ def task_data(task: str, spec: TaskSpec, seed: int) -> tuple[torch.Tensor, torch
     return digit_tokens(x_train), digit_tokens(x_test)
 
 
+def heldout_puzzles(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out easy puzzles of the infilling evaluation: ``(puzzles, solutions)`` ``(n, 81)``
+    (seed ``HELDOUT_PUZZLE_SEED``, never trained or finetuned on; cached)."""
+    from samplegrad_bench.tasks.mdm_objectives import HELDOUT_PUZZLE_SEED
+    from samplegrad_bench.tasks.sudoku import puzzle_set
+
+    return puzzle_set(n, HELDOUT_PUZZLE_SEED, "easy")
+
+
+@torch.no_grad()
+def evaluate_infill(model: torch.nn.Module, puzzles: torch.Tensor, solutions: torch.Tensor,
+                    seed: int, n_steps: int = 16) -> dict:
+    """Infilling metrics on held-out puzzles: negative ELBO per free cell given the clues
+    (4 passes), and the fraction solved by the plain sampler (``n_steps``, no guidance)."""
+    from samplegrad_bench.tasks.sudoku import is_solved
+
+    gen = torch.Generator().manual_seed(seed)
+    sol, keep = sudoku_tokens(solutions), puzzles > 0
+    nelbo = sum(float(masked_diffusion_loss(model, sol, generator=gen, keep=keep))
+                for _ in range(4))
+    x = sample(model, n_steps, given=sudoku_tokens(puzzles), generator=gen)
+    return {"heldout_infill_nelbo_per_free_token": nelbo / 4,
+            "puzzles_solved_unguided": float(is_solved(sudoku_grid(x), puzzles).float().mean())}
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task: str, held_out: torch.Tensor, seed: int) -> dict:
     """Held-out negative ELBO per token (nats, 4 passes with fixed masks); for Sudoku also
-    the validity of 64 unconditional samples (20 steps)."""
+    the validity of 64 unconditional samples (20 steps); ``sudoku-infill`` also
+    :func:`evaluate_infill` on 64 held-out easy puzzles."""
     gen = torch.Generator().manual_seed(seed)
     model.eval()
     nelbo = sum(float(masked_diffusion_loss(model, held_out, generator=gen)) for _ in range(4))
     out = {"heldout_nelbo_per_token": nelbo / 4}
-    if task == "sudoku":
+    if task in ("sudoku", "sudoku-infill"):
         from samplegrad_bench.tasks.sudoku import violations
 
         x = sample(model, 20, batch_size=64, generator=gen)
         v = violations(sudoku_grid(x)).float()
         out |= {"uncond_valid_rate": float((v == 0).float().mean()),
                 "uncond_mean_violations": float(v.mean())}
+    if task == "sudoku-infill":
+        out |= evaluate_infill(model, *heldout_puzzles(), seed)
     return out
 
 
@@ -130,6 +170,9 @@ def train_task(task: str, ckpt_dir: Path, *, quick: bool = False, seed: int = 0,
         for f in (last, metrics_path, *(folder / f"{name}.pt" for name in STAGES)):
             remove_checkpoint(f)
     data, held_out = task_data(task, spec, seed)
+    clues = None
+    if task == "sudoku-infill":
+        from samplegrad_bench.tasks.mdm_objectives import sudoku_infill_clues as clues
     settings = {"model_config": asdict(spec.model), "train_config": asdict(cfg), "seed": seed}
     # damaged: last.pt.prev with a warning, or CheckpointError
     saved = load_checkpoint(last, check=lambda b: (b["model_config"], b["train_config"],
@@ -151,7 +194,8 @@ def train_task(task: str, ckpt_dir: Path, *, quick: bool = False, seed: int = 0,
                    initial=state.step)
     with Timer() as timer, DeferredInterrupt() as stop:
         for _ in bar:
-            state, info = train_step(state, data, cfg)
+            state, info = (train_step(state, data, cfg) if clues is None
+                           else train_step(state, data, cfg, clues=clues))
             bar.set_postfix(loss=f"{info['loss']:.3f}")
             for name, at in stage_at.items():
                 if state.step == at:
@@ -174,7 +218,8 @@ def train_task(task: str, ckpt_dir: Path, *, quick: bool = False, seed: int = 0,
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=(*TASKS, "all"), default="all", help="model to train")
+    p.add_argument("--task", choices=(*TASKS, *EXTRA_TASKS, "all"), default="all",
+                   help="model to train (all: " + ", ".join(TASKS) + ")")
     p.add_argument("--steps", type=positive_int, default=None,
                    help="training steps (default per task)")
     p.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
@@ -198,7 +243,7 @@ def _plot_losses(out_dir: Path, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for task in TASKS:
+    for task in (*TASKS, *EXTRA_TASKS):
         f = out_dir / f"train_mdm_{task}.json"
         if not f.exists():
             continue

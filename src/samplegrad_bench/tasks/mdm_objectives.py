@@ -1,5 +1,8 @@
 """The two token tasks: Sudoku grids (81 tokens, vocabulary 9) and binarized 8x8 digits
-(64 tokens, vocabulary 2), with their guidance objectives (per-sequence losses to minimize).
+(64 tokens, vocabulary 2), with their guidance objectives (per-sequence losses to minimize),
+and the Sudoku infilling data (random clue subsets; held-out puzzles from seeds no training
+set uses) and reward (minus the violation count) of `train-mdm --task sudoku-infill` and
+`bench mdm-finetune --task sudoku`.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from torch import Tensor, nn
 
 from samplegrad.discrete.guidance import Objective
 from samplegrad_bench.tasks.rewards import digit_log_prob
-from samplegrad_bench.tasks.sudoku import penalty
+from samplegrad_bench.tasks.sudoku import penalty, soft_violations
 
 SUDOKU_VOCAB, SUDOKU_LEN = 9, 81
 DIGITS_VOCAB, DIGITS_LEN = 2, 64
@@ -61,3 +64,32 @@ def digit_objective(classifier: nn.Module, digit: int, scale: float = 1.0) -> Ob
                                        digit).reshape(s, b)
 
     return objective
+
+
+# ---------------------------------------------------------------- Sudoku infilling
+INFILL_CLUES: tuple[float, float] = (0.0, 0.7)  # clue fraction of a training grid ~ U(lo, hi)
+# puzzle seeds (generate_puzzles(n, seed, "easy")); the training grids come from
+# random_solutions(n, train_seed), another random stream
+FINETUNE_PUZZLE_SEED = 3001  # puzzles whose clues the finetuning paths start from
+HELDOUT_PUZZLE_SEED = 4001  # puzzles only ever evaluated on (never trained or finetuned on)
+
+
+def sudoku_infill_clues(batch: Tensor, generator: torch.Generator,
+                        fraction: tuple[float, float] = INFILL_CLUES) -> Tensor:
+    """Clue positions of an infilling batch ``(B, 81)`` -> bool ``(B, 81)``: every grid gets
+    a clue fraction ``c ~ U(fraction)`` and each cell is a clue w.p. ``c`` (drawn from
+    ``generator``, on its device; returned on ``batch``'s)."""
+    lo, hi = fraction
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"fraction: need 0 <= lo <= hi <= 1; got {fraction!r}")
+    b, length = batch.shape
+    dev = generator.device
+    c = lo + (hi - lo) * torch.rand((b, 1), generator=generator, device=dev)
+    return (torch.rand((b, length), generator=generator, device=dev) < c).to(batch.device)
+
+
+def sudoku_reward(x: Tensor) -> Tensor:
+    """Minus the violation count of one-hot / soft Sudoku tokens ``(N, 81, 9)`` -> ``(N,)``
+    (:func:`~samplegrad_bench.tasks.sudoku.soft_violations`: exact on one-hot tokens,
+    differentiable on soft ones)."""
+    return -soft_violations(x)

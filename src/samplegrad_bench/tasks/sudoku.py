@@ -8,6 +8,9 @@ Grids are int64 tensors shaped ``(..., 81)``, row-major (cell ``9 * row + col``)
   nonzero digits in the unit); 0 iff the grid is a valid full solution.
 - :func:`penalty`: Σ over the 27 units and the 9 digits of (count − 1)², counts the sums of
   ``x`` over the unit's 9 cells; for one-hot ``x``, 0 iff the grid is valid.
+- :func:`soft_violations`: the expected :func:`violations` of independent cells with digit
+  probabilities ``x`` ``(..., 81, 9)``; equal to :func:`violations` on one-hot ``x``,
+  differentiable (a relaxation for pathwise gradients).
 - :func:`solve`, :func:`count_solutions`: bitmask backtracking (most-constrained cell
   first), pure Python.
 - :func:`random_solutions`, :func:`generate_puzzles`, :func:`puzzle_set`: deterministic for
@@ -102,6 +105,21 @@ def penalty(x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be shaped (..., 81, 9); got {shape}")
     return (_unit_counts(x) - 1).square().sum((-1, -2))
+
+
+def soft_violations(x: torch.Tensor) -> torch.Tensor:
+    """Σ over units of (9 − Σ_d P(digit d present)), ``P = 1 − Π_cells (1 − x[cell, d])``:
+    ``(..., 81, 9)`` -> ``(...)``, differentiable.
+
+    The expected :func:`violations` when the cells are independent with digit probabilities
+    ``x`` (rows summing to 1); on one-hot ``x`` it equals :func:`violations` of its grid.
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[-2:] != (81, 9):
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be shaped (..., 81, 9); got {shape}")
+    units = x[..., UNITS.to(x.device), :]  # (..., 27, 9 cells, 9 digits)
+    present = 1 - (1 - units).prod(-2)
+    return 243 - present.sum((-1, -2))
 
 
 def to_grid(x: torch.Tensor) -> torch.Tensor:
