@@ -1,4 +1,5 @@
-"""Continuous diffusion pieces: schedules, a small noise-prediction net, DDPM loss/sampler.
+"""Continuous diffusion pieces: schedules, small noise-prediction nets (an MLP, a conv U-Net),
+DDPM loss/sampler.
 
 The diffusers adapter (``samplegrad.diffusion.diffusers_adapter``, the ``[diffusers]``
 extra) is imported on its own: ``from samplegrad.diffusion.diffusers_adapter import
@@ -15,7 +16,7 @@ from samplegrad.diffusion.ddpm import (
     sample_path,
     step_mean,
 )
-from samplegrad.diffusion.nets import EpsMLP, timestep_embedding
+from samplegrad.diffusion.nets import EpsMLP, EpsUNet, timestep_embedding
 from samplegrad.diffusion.schedules import (
     SamplerSchedule,
     alpha_bars_from_betas,
@@ -26,6 +27,7 @@ from samplegrad.diffusion.schedules import (
 __all__ = [
     "EpsMLP",
     "EpsModel",
+    "EpsUNet",
     "SamplerSchedule",
     "alpha_bars_from_betas",
     "ddpm_loss",

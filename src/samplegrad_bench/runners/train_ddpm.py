@@ -1,4 +1,5 @@
-"""`samplegrad train-ddpm`: train the small DDPM on the embedded 8x8 digits.
+"""`samplegrad train-ddpm`: train the small DDPM on the embedded 8x8 digits (or on
+Fashion-MNIST 28x28 with ``--dataset fashion``).
 
 Data: ``load_digits("train")`` (1438 images) scaled to [-1, 1]. Model: ``EpsMLP`` noise
 predictor on 1000 discrete training timesteps (linear betas 1e-4..0.02); it is sampled with
@@ -11,6 +12,13 @@ learning rate, an EMA of the weights (the EMA is what gets saved). Writes the we
 every ``--ckpt-every`` steps (the previous one kept as ``.ckpt.prev``) and on Ctrl-C, and picked
 up by a rerun with the same settings: a resumed run writes exactly the files an uninterrupted
 one writes (the ``seconds`` field aside). ``--fresh`` deletes them and starts over.
+
+``--dataset fashion``: Fashion-MNIST's 60000 training images (``tasks.fashion.load_fashion``,
+[-1, 1], ``(N, 1, 28, 28)``) and the conv U-Net :class:`samplegrad.diffusion.EpsUNet`
+(:class:`FashionDDPMConfig`; same schedule, optimizer, EMA, checkpoints and resume), weights
+``CACHE/checkpoints/ddpm_fashion.pt`` (``--quick``: ``ddpm_fashion_quick.pt``), summary
+``train_ddpm_fashion.json`` plus a grid of samples and the loss curve
+(``train_ddpm_fashion.png``); `bench finetune-images` loads them. The digits run is unchanged.
 """
 
 from __future__ import annotations
@@ -33,17 +41,22 @@ from samplegrad.checkpoint import (
     save_checkpoint,
     save_training_state,
 )
-from samplegrad.diffusion import EpsMLP, ddpm_loss, linear_alpha_bars
-from samplegrad_bench._args import positive_int
-from samplegrad_bench._common import progress, write_json
+from samplegrad.diffusion import EpsMLP, EpsUNet, ddpm_loss, linear_alpha_bars
+from samplegrad_bench._args import MissingInputError, positive_int
+from samplegrad_bench._common import progress, save_figure, write_json
 from samplegrad_bench.data import load_digits
 from samplegrad_bench.paths import cache_dir
 
+DATASETS = ("digits", "fashion")
 
-def default_weights(quick: bool = False) -> Path:
-    """Where `train-ddpm` writes and `bench finetune` looks: the cache's
-    ``checkpoints/ddpm_digits.pt`` (``quick``: ``ddpm_digits_quick.pt``)."""
-    return cache_dir("checkpoints") / ("ddpm_digits_quick.pt" if quick else "ddpm_digits.pt")
+
+def default_weights(quick: bool = False, dataset: str = "digits") -> Path:
+    """Where `train-ddpm` writes and `bench finetune` (`bench finetune-images` for
+    ``dataset="fashion"``) looks: the cache's ``checkpoints/ddpm_{dataset}.pt`` (``quick``:
+    ``ddpm_{dataset}_quick.pt``)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset: must be one of {DATASETS}, got {dataset!r}")
+    return cache_dir("checkpoints") / f"ddpm_{dataset}{'_quick' if quick else ''}.pt"
 
 
 @dataclass
@@ -63,11 +76,54 @@ class DDPMTrainConfig:
 QUICK = DDPMTrainConfig(steps=1500, hidden=128, n_blocks=2, ema_decay=0.99)
 
 
-def build_model(cfg: DDPMTrainConfig) -> EpsMLP:
+@dataclass
+class FashionDDPMConfig:
+    """Settings of a Fashion-MNIST DDPM run (:class:`samplegrad.diffusion.EpsUNet`)."""
+
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-3
+    base: int = 8  # U-Net width of the first level
+    mults: tuple[int, ...] = (1, 2, 2)  # 28 -> 14 -> 7
+    groups: int = 4  # GroupNorm groups
+    n_train: int = 1000
+    ema_decay: float = 0.995
+    n_data: int | None = None  # the first n_data training images (None: all 60000)
+    seed: int = 0
+    dataset: str = "fashion"
+
+    def __post_init__(self) -> None:
+        self.mults = tuple(self.mults)  # a list after a JSON/asdict round trip
+
+
+FASHION_QUICK = FashionDDPMConfig(steps=30, batch_size=16, base=4, mults=(1, 2), groups=2,
+                                  n_train=100, ema_decay=0.9, n_data=256)
+
+
+def build_model(cfg: DDPMTrainConfig | FashionDDPMConfig) -> torch.nn.Module:
+    if isinstance(cfg, FashionDDPMConfig):
+        return EpsUNet(channels=1, base=cfg.base, mults=cfg.mults, groups=cfg.groups)
     return EpsMLP(dim=64, hidden=cfg.hidden, n_blocks=cfg.n_blocks)
 
 
-def train_ddpm(cfg: DDPMTrainConfig, weights: Path | None = None, *,
+def _training_data(cfg: DDPMTrainConfig | FashionDDPMConfig) -> torch.Tensor:
+    if isinstance(cfg, FashionDDPMConfig):
+        from samplegrad_bench.tasks.fashion import load_fashion
+
+        try:
+            return load_fashion("train", cfg.n_data)[0]
+        except FileNotFoundError as e:
+            raise MissingInputError(str(e)) from None
+    return load_digits("train")[0] * 2.0 - 1.0
+
+
+def _config_of(blob_config: dict) -> DDPMTrainConfig | FashionDDPMConfig:
+    if blob_config.get("dataset") == "fashion":
+        return FashionDDPMConfig(**blob_config)
+    return DDPMTrainConfig(**blob_config)
+
+
+def train_ddpm(cfg: DDPMTrainConfig | FashionDDPMConfig, weights: Path | None = None, *,
                ckpt_every: int = 500, verbose: bool = True, fresh: bool = False) -> dict:
     """Train (or resume) and write ``weights`` (default :func:`default_weights`); returns a
     summary dict.
@@ -84,7 +140,8 @@ def train_ddpm(cfg: DDPMTrainConfig, weights: Path | None = None, *,
     """
     if cfg.steps < 1:
         raise ValueError(f"cfg.steps must be >= 1, got {cfg.steps}")
-    weights = default_weights() if weights is None else Path(weights)
+    dataset = getattr(cfg, "dataset", "digits")
+    weights = default_weights(dataset=dataset) if weights is None else Path(weights)
     ckpt = weights.with_name(weights.name + ".ckpt")
     w = sgd.init_from_env(backend="gloo")  # this trainer runs on the CPU
     verbose = verbose and w.is_main
@@ -92,7 +149,7 @@ def train_ddpm(cfg: DDPMTrainConfig, weights: Path | None = None, *,
         remove_checkpoint(ckpt)
     sgd.barrier()
     torch.manual_seed(cfg.seed)
-    x = load_digits("train")[0] * 2.0 - 1.0
+    x = _training_data(cfg)
     alpha_bars = linear_alpha_bars(cfg.n_train)
     model = build_model(cfg)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -103,7 +160,7 @@ def train_ddpm(cfg: DDPMTrainConfig, weights: Path | None = None, *,
     start, losses, running, prior_seconds = 0, [], float("nan"), 0.0
     saved = read_training_state(ckpt, list(stateful))  # damaged: .prev, or CheckpointError
     if saved is not None:
-        if saved["extra"].get("config") == asdict(cfg):
+        if saved["extra"].get("config") == _plain(asdict(cfg)):
             got = restore_training_state(saved, stateful)
             start, losses, running = got["step"], list(got["losses"]), got["running"]
             prior_seconds = got["seconds"]
@@ -117,7 +174,8 @@ def train_ddpm(cfg: DDPMTrainConfig, weights: Path | None = None, *,
 
     def checkpoint(step: int) -> None:
         if w.is_main:  # rank 0 writes (atomically); the others wait
-            save_training_state(ckpt, stateful, step=step, config=asdict(cfg), losses=losses,
+            save_training_state(ckpt, stateful, step=step, config=_plain(asdict(cfg)),
+                                losses=losses,
                                 running=running,
                                 seconds=prior_seconds + time.perf_counter() - t0)
         sgd.barrier()
@@ -150,7 +208,7 @@ def train_ddpm(cfg: DDPMTrainConfig, weights: Path | None = None, *,
             stop.raise_if_requested()
     seconds = prior_seconds + time.perf_counter() - t0
     if w.is_main:
-        save_checkpoint(weights, {"config": asdict(cfg), "state_dict": ema.state_dict(),
+        save_checkpoint(weights, {"config": _plain(asdict(cfg)), "state_dict": ema.state_dict(),
                                   "losses": losses}, keep_previous=False)
         remove_checkpoint(ckpt)
     sgd.barrier()
@@ -162,14 +220,21 @@ def train_ddpm(cfg: DDPMTrainConfig, weights: Path | None = None, *,
     return summary
 
 
-def load_ddpm(weights: Path | None = None) -> tuple[EpsMLP, torch.Tensor, DDPMTrainConfig]:
+def _plain(d: dict) -> dict:
+    """Tuples as lists, so that a config compares equal after a save/load round trip."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def load_ddpm(weights: Path | None = None
+              ) -> tuple[torch.nn.Module, torch.Tensor, DDPMTrainConfig | FashionDDPMConfig]:
     """Load saved weights (default :func:`default_weights`): ``(model in eval mode,
-    alpha_bars (n_train,), config)``."""
+    alpha_bars (n_train,), config)``; the config's type (digits or Fashion-MNIST) follows the
+    file."""
     weights = default_weights() if weights is None else Path(weights)
     blob = load_checkpoint(weights, check=lambda b: (b["config"], b["state_dict"]))
     if blob is None:
         raise FileNotFoundError(f"weights: no DDPM weights at {weights}")
-    cfg = DDPMTrainConfig(**blob["config"])
+    cfg = _config_of(blob["config"])
     model = build_model(cfg)
     model.load_state_dict(blob["state_dict"])
     model.eval().requires_grad_(False)
@@ -177,8 +242,11 @@ def load_ddpm(weights: Path | None = None) -> tuple[EpsMLP, torch.Tensor, DDPMTr
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", choices=DATASETS, default="digits",
+                   help="digits: the MLP on 8x8 digits (default); fashion: the conv U-Net on "
+                        "Fashion-MNIST 28x28 (weights for `bench finetune-images`)")
     p.add_argument("--steps", type=positive_int, default=None,
-                   help="training steps (default 8000; quick 1500)")
+                   help="training steps (default 8000, fashion 1500; quick 1500, fashion 30)")
     p.add_argument("--checkpoint", type=Path, default=None, metavar="FILE",
                    help="where to write the weights (default: the cache's "
                         "checkpoints/ddpm_digits.pt, quick: ddpm_digits_quick.pt)")
@@ -190,11 +258,63 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
-    base = QUICK if args.quick else DDPMTrainConfig()
-    cfg = DDPMTrainConfig(**{**asdict(base), "seed": args.seed,
-                             **({"steps": args.steps} if args.steps else {})})
-    weights = args.checkpoint or default_weights(args.quick)
+    dataset = getattr(args, "dataset", "digits")
+    if dataset == "fashion":
+        base = FASHION_QUICK if args.quick else FashionDDPMConfig()
+        cls = FashionDDPMConfig
+    else:
+        base = QUICK if args.quick else DDPMTrainConfig()
+        cls = DDPMTrainConfig
+    cfg = cls(**{**asdict(base), "seed": args.seed,
+                 **({"steps": args.steps} if args.steps else {})})
+    weights = args.checkpoint or default_weights(args.quick, dataset)
     summary = train_ddpm(cfg, weights, ckpt_every=args.ckpt_every, fresh=args.fresh)
-    name = "train_ddpm_quick.json" if args.quick else "train_ddpm.json"
-    write_json(Path(args.out) / name, summary)
+    tag = "_fashion" if dataset == "fashion" else ""
+    name = f"train_ddpm{tag}{'_quick' if args.quick else ''}"
+    write_json(Path(args.out) / f"{name}.json", summary)
+    if dataset == "fashion":
+        save_fashion_figure(Path(args.out) / f"{name}.png", summary, weights,
+                            n_steps=20 if args.quick else 100)
     return summary
+
+
+@torch.no_grad()
+def save_fashion_figure(path: Path, summary: dict, weights: Path, n: int = 64,
+                        n_steps: int = 100) -> None:
+    """The loss curve and a grid of ``n`` samples (``n_steps``-step ancestral sampler, seed 0)
+    of the Fashion-MNIST DDPM at ``weights``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from samplegrad.diffusion import draw_noise, sample, sampling_schedule
+
+    model, alpha_bars, _ = load_ddpm(weights)
+    sched = sampling_schedule(alpha_bars, min(n_steps, len(alpha_bars)))
+    x = sample(model, draw_noise(sched, n, (1, 28, 28),
+                                 torch.Generator(device="cpu").manual_seed(0)), sched)
+    grid = image_grid(x)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))
+    steps, losses = zip(*summary["losses"]) if summary["losses"] else ((), ())
+    axes[0].plot(steps, losses)
+    axes[0].set_xlabel("training step")
+    axes[0].set_ylabel("noise-prediction loss (smoothed)")
+    axes[0].set_yscale("log")
+    axes[1].imshow(grid.numpy(), cmap="gray", vmin=0, vmax=1)
+    axes[1].set_title(f"{n} samples, T={sched.n_steps}", fontsize=9)
+    axes[1].axis("off")
+    save_figure(fig, path)
+
+
+def image_grid(x: torch.Tensor, cols: int = 8) -> torch.Tensor:
+    """Images ``(n, 1, H, W)`` in [-1, 1] -> one ``(rows*(H+1)-1, cols*(W+1)-1)`` picture in
+    [0, 1] with 1-px grey gaps (the first ``cols * (n // cols)`` images)."""
+    h, w = x.shape[-2:]
+    n = max(cols, (x.shape[0] // cols) * cols)
+    img = ((x[:n].reshape(-1, h, w).clamp(-1, 1) + 1) / 2).cpu()
+    if img.shape[0] < n:
+        img = torch.cat([img, img.new_full((n - img.shape[0], h, w), 0.5)])
+    img = torch.nn.functional.pad(img, (0, 1, 0, 1), value=0.5)
+    img = img.reshape(n // cols, cols, h + 1, w + 1).permute(0, 2, 1, 3)
+    return img.reshape(n // cols * (h + 1), cols * (w + 1))[:-1, :-1]

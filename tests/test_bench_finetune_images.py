@@ -1,0 +1,151 @@
+"""`train-ddpm --dataset fashion` (quick, kill and resume) and `bench finetune-images --quick`
+on fake Fashion-MNIST files (CI has no Fashion-MNIST)."""
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from samplegrad_bench import cli
+from samplegrad_bench.data import write_idx
+from samplegrad_bench.runners import finetune_images as fi
+from samplegrad_bench.runners import train_ddpm as ddpm_runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fake_env(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    for stem, n in (("train", 48), ("t10k", 24)):
+        write_idx(folder / f"{stem}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{stem}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    monkeypatch.setenv("SAMPLEGRAD_FASHION_MNIST", str(folder))
+    monkeypatch.setenv("SAMPLEGRAD_HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def _run(monkeypatch, where: Path, argv: list[str]) -> int:
+    where.mkdir(exist_ok=True)
+    monkeypatch.chdir(where)
+    return cli.main(argv)
+
+
+TRAIN = ["train-ddpm", "--dataset", "fashion", "--quick", "--steps", "6", "--ckpt-every", "2",
+         "--checkpoint", "ddpm.pt", "--threads", "1"]
+
+
+def test_digits_defaults_are_unchanged():
+    assert ddpm_runner.default_weights().name == "ddpm_digits.pt"
+    assert ddpm_runner.default_weights(True).name == "ddpm_digits_quick.pt"
+    assert ddpm_runner.default_weights(False, "fashion").name == "ddpm_fashion.pt"
+    with pytest.raises(ValueError, match="dataset"):
+        ddpm_runner.default_weights(False, "cifar")
+
+
+def test_train_ddpm_fashion_quick_kill_and_resume(fake_env, monkeypatch):
+    a, b = fake_env / "a", fake_env / "b"
+    assert _run(monkeypatch, a, TRAIN) == 0
+    calls = {"n": 0}
+    orig = ddpm_runner.ddpm_loss
+
+    def interrupting(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            signal.raise_signal(signal.SIGINT)  # deferred: step 4 finishes, is saved, stops
+        return orig(*args, **kw)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(ddpm_runner, "ddpm_loss", interrupting)
+        assert _run(monkeypatch, b, TRAIN) == 130
+    assert (b / "ddpm.pt.ckpt").exists() and not (b / "ddpm.pt").exists()
+    assert _run(monkeypatch, b, TRAIN) == 0
+    assert not (b / "ddpm.pt.ckpt").exists()  # removed once the weights are written
+    wa = torch.load(a / "ddpm.pt", weights_only=False)
+    wb = torch.load(b / "ddpm.pt", weights_only=False)
+    assert wa["config"] == wb["config"] and wa["config"]["dataset"] == "fashion"
+    assert all(torch.equal(v, wb["state_dict"][k]) for k, v in wa["state_dict"].items())
+    out = Path("runs/train-ddpm")
+    ja = json.loads((a / out / "train_ddpm_fashion_quick.json").read_text())
+    jb = json.loads((b / out / "train_ddpm_fashion_quick.json").read_text())
+    ja.pop("seconds"), jb.pop("seconds")
+    ja.pop("weights"), jb.pop("weights")
+    assert ja == jb
+    png = "train_ddpm_fashion_quick.png"
+    assert (a / out / png).read_bytes() == (b / out / png).read_bytes()
+    model, alpha_bars, cfg = ddpm_runner.load_ddpm(a / "ddpm.pt")
+    assert isinstance(cfg, ddpm_runner.FashionDDPMConfig) and cfg.mults == (1, 2)
+    assert model(torch.zeros(2, 1, 28, 28), torch.tensor([0, 1])).shape == (2, 1, 28, 28)
+    assert len(alpha_bars) == cfg.n_train
+
+
+def _tracked_changes() -> set[str]:
+    try:
+        got = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("git is not available")
+    if got.returncode != 0:
+        pytest.skip("not a git checkout")
+    # only this bench's names: other work in the same checkout may change other files
+    words = ("finetune-images", "finetune_images", "fashion", ".pt")
+    return {line for line in got.stdout.splitlines() if any(w in line for w in words)}
+
+
+def test_bench_quick_writes_json_and_plots_and_nothing_in_the_checkout(fake_env, monkeypatch):
+    before = _tracked_changes()
+    argv = ["bench", "finetune-images", "--quick", "--methods", "implicit,unrolled,draft-1,ddpo",
+            "--threads", "1"]
+    assert _run(monkeypatch, fake_env / "w", argv) == 0
+    out = fake_env / "w" / "runs" / "finetune-images"
+    got = json.loads((out / "finetune_images_quick.json").read_text())
+    rows = got["rows"]
+    # brightness, classifier: 4 methods; threshold: ddpo only; lambda sweep: 4 methods
+    assert len(rows) == 4 + 4 + 1 + 4
+    assert {r["method"] for r in rows if r["reward_name"] == "threshold"} == {"ddpo"}
+    for r in rows:
+        assert r["T"] == 3 and len(r["trace"]) == 2
+        assert r["step_ms"] > 0 and r["peak_autograd_mib"] >= 0 and np.isfinite(r["fd"])
+    unrolled = [r for r in rows if r["method"] == "unrolled" and r["reward_name"] != "threshold"]
+    assert all(r["peak_autograd_mib"] > 0 for r in unrolled)
+    names = {p.name for p in out.iterdir()}
+    assert {"finetune_images_quick.md", "scaling_quick.png"} <= names
+    for prefix in ("reward_kl_classifier_T3_lr", "curves_classifier_T3_steps2_lr",
+                   "curves_threshold_T3_steps2_lr", "samples_classifier_T3_lam0.01_steps2_lr",
+                   "samples_classifier_T3_lam0.1_steps2_lr"):
+        assert any(n.startswith(prefix) and n.endswith("_quick.png") for n in names), prefix
+    assert not any(n.endswith((".pt", ".lock")) for n in names)  # caches live elsewhere
+    assert _tracked_changes() == before
+    # a rerun with the same settings skips every finished run
+    assert _run(monkeypatch, fake_env / "w", argv) == 0
+    again = json.loads((out / "finetune_images_quick.json").read_text())
+    assert [r["step_ms"] for r in again["rows"]] == [r["step_ms"] for r in rows]
+
+
+def test_bench_rejects_bad_lists(fake_env, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "finetune-images", "--quick", "--methods", "sgd"])
+    assert "choose from" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "finetune-images", "--quick", "--rewards", "beauty"])
+
+
+def test_bench_full_run_without_weights_names_the_command(fake_env, monkeypatch, capsys):
+    assert _run(monkeypatch, fake_env / "w", ["bench", "finetune-images"]) == 1
+    assert "samplegrad train-ddpm --dataset fashion" in capsys.readouterr().err
+
+
+def test_plan_covers_the_grid():
+    bench = fi.BenchConfig(n_steps=(10, 25), seeds=(0, 1), kl_sweep=(0.1,))
+    jobs = fi.plan(bench)
+    n_grad = len([m for m in bench.methods if m not in fi.GRADIENT_FREE])
+    n_all = len(bench.methods)
+    assert len(jobs) == 2 * 2 * 2 * n_all + 2 * 2 * 1 + n_all  # 2 rewards, threshold, sweep
+    assert n_grad == n_all - 1
+    assert {j["T"] for j in jobs if j["kl_weight"] == 0.1} == {10}
