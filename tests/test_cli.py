@@ -42,7 +42,8 @@ def test_every_command_has_a_description_and_a_runner():
         assert args.out is None and args.publish is False and args.threads is None
     assert set(BENCHES) == {"gradients", "polyprog", "sudoku", "vae", "langevin", "finetune",
                             "spectral", "guidance", "speed", "exactness", "langevin-speed",
-                            "mdm-finetune", "spectral-tilt", "distributed"}
+                            "mdm-finetune", "spectral-tilt", "spectral-scale", "distributed",
+                            "finetune-images"}
 
 
 def test_default_output_is_runs_name_under_the_cwd(tmp_path, monkeypatch, capsys):

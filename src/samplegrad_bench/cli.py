@@ -42,6 +42,8 @@ BENCHES: dict[str, tuple[str, str]] = {
                  "optimization-free spectral score models against neural score matching"),
     "spectral-tilt": ("samplegrad_bench.runners.spectral_tilt",
                       "reward tilting of spectral score models (one solve) vs Implicit Diffusion"),
+    "spectral-scale": ("samplegrad_bench.runners.spectral_scale",
+                       "spectral score models at scale: matrix-free CG fits up to 784 pixels"),
     "guidance": ("samplegrad_bench.runners.guidance",
                  "reward guidance of masked discrete diffusion (Sudoku, digits) per estimator"),
     "speed": ("samplegrad_bench.runners.speed",
@@ -52,6 +54,9 @@ BENCHES: dict[str, tuple[str, str]] = {
                     "data-parallel throughput of the training loops on 1 vs 2 processes"),
     "mdm-finetune": ("samplegrad_bench.runners.mdm_finetune",
                      "reward finetuning of the digits masked diffusion model through its sampler"),
+    "finetune-images": ("samplegrad_bench.runners.finetune_images",
+                        "reward finetuning of a Fashion-MNIST DDPM: implicit vs unrolled, DRaFT, "
+                        "DDPO"),
 }
 
 # other commands: name -> (module, one-line description). Same contract as a bench.
@@ -59,7 +64,8 @@ TOOLS: dict[str, tuple[str, str]] = {
     "demo": ("samplegrad_bench.runners.demo",
              "a tour of the three systems on embedded data: tables and one figure (~1 min)"),
     "train-ddpm": ("samplegrad_bench.runners.train_ddpm",
-                   "train the small DDPM on 8x8 digits (the weights `bench finetune` loads)"),
+                   "train the small DDPM on 8x8 digits (the weights `bench finetune` loads) or "
+                   "on Fashion-MNIST (--dataset fashion)"),
     "train-mdm": ("samplegrad_bench.runners.train_mdm",
                   "train the masked discrete diffusion models (checkpoints for `bench guidance`)"),
 }
