@@ -1,17 +1,24 @@
 """Gradient-quality benchmark: exact problems, the bias/variance/MSE code, the draws."""
 
 import itertools
+import json
 import math
+from dataclasses import asdict
 
 import pytest
 import torch
 
+from samplegrad_bench._common import write_json
+from samplegrad_bench._merge import MergeError
+from samplegrad_bench.cli import main
 from samplegrad_bench.runners.gradients import (
+    _NEW_SETTINGS,
     QUICK,
     budget_mse,
     draw_estimates,
     gradient_stats,
     knob_grid,
+    merge_results,
 )
 from samplegrad_bench.tasks.gradient_problems import PROBLEMS, get_problem, mlp, quadratic
 
@@ -144,3 +151,81 @@ def test_budget_and_grid():
     assert len(knob_grid("redge", QUICK)) == len(QUICK.t1) * len(QUICK.n_steps)
     with pytest.raises(ValueError, match="n_draws"):
         draw_estimates(lambda x: x.sum((-2, -1)), torch.zeros(2, 2), "redge", 0)
+
+
+def _grad_row(problem, name, mse, n=1):
+    return {"problem": problem, "estimator": name, "knobs": "-", "n_samples": n, "bias2": 0.0,
+            "bias2_noise": 0.0, "variance": mse, "mse": mse, "rel_mse": mse, "cosine": 0.5,
+            "us": 100.0, "mse@10ms": mse / 100, "mse@1000ms": mse / 1e4}
+
+
+def _grad_results(names, mse, **config):
+    cfg = {**asdict(QUICK), **config}
+    return {"config": cfg, "seed": 0, "rows": [_grad_row("mlp_L4_K5", n, mse) for n in names],
+            "best": {}, "run_info": {"started": "then", "load_start": [1.0, 1.0, 1.0]}}
+
+
+def test_merge_replaces_the_runs_estimators_and_records_provenance(tmp_path, capsys):
+    base = _grad_results(["redge", "rloo"], 1.0)
+    for k in _NEW_SETTINGS:  # published before these settings existed
+        base["config"].pop(k)
+    run = _grad_results(["rloo", "gst"], 0.5)
+    merged = merge_results(base, run, "elsewhere")
+    assert [r["estimator"] for r in merged["rows"]] == ["redge", "rloo", "gst"]
+    assert [r["mse"] for r in merged["rows"]] == [1.0, 0.5, 0.5]  # rloo: the run's row
+    assert {r["estimator"] for r in merged["best"]["mlp_L4_K5"]} == {"redge", "rloo", "gst"}
+    prov = merged["provenance"]
+    assert prov[0]["methods"] == ["redge"] and prov[1]["methods"] == ["rloo", "gst"]
+    assert prov[1]["started"] == "then" and "elsewhere" in prov[1]["source"]
+    # through the command line: the output folder's results take the run's rows; a budget
+    # no draw fits (nan, stored as a string by write_json) is read back as nan
+    base["rows"][0]["mse@10ms"] = math.nan
+    write_json(tmp_path / "out" / "gradients_quick.json", base)
+    write_json(tmp_path / "run" / "gradients_quick.json", run)
+    assert main(["bench", "gradients", "--quick", "--out", str(tmp_path / "out"),
+                 "--merge-from", str(tmp_path / "run")]) == 0
+    data = json.loads((tmp_path / "out" / "gradients_quick.json").read_text())
+    assert [r["estimator"] for r in data["rows"]] == ["redge", "rloo", "gst"]
+    assert data["rows"][0]["mse@10ms"] == "nan"
+    assert (tmp_path / "out" / "gradients_quick.png").stat().st_size > 1000
+    assert "| gst" in capsys.readouterr().out
+
+
+def test_merge_of_runs_on_different_problems_keeps_both():
+    def results(names, mse, problem):
+        out = _grad_results(names, mse)
+        out["rows"] = [_grad_row(problem, n, mse) for n in names]
+        return out
+
+    base = results(["redge"], 1.0, "mlp_L4_K5")
+    base["rows"] += [_grad_row("mlp_L10_K2", "redge", 1.0)]
+    base["config"]["problems"] = ["mlp_L4_K5", "mlp_L10_K2"]
+    first = merge_results(base, results(["gst"], 0.5, "mlp_L4_K5"), "a")
+    both = merge_results(first, results(["gst", "disarm"], 0.25, "mlp_L10_K2"), "b")
+    assert sorted((r["problem"], r["estimator"], r["mse"]) for r in both["rows"]) == [
+        ("mlp_L10_K2", "disarm", 0.25), ("mlp_L10_K2", "gst", 0.25),
+        ("mlp_L10_K2", "redge", 1.0), ("mlp_L4_K5", "gst", 0.5), ("mlp_L4_K5", "redge", 1.0)]
+    assert [(p["methods"], p.get("problems")) for p in both["provenance"]] == [
+        (["redge"], None), (["gst"], ["mlp_L4_K5"]), (["gst", "disarm"], ["mlp_L10_K2"])]
+    with pytest.raises(MergeError, match="problems"):
+        merge_results(first, results(["gst"], 0.5, "quadratic_L4_K5")
+                      | {"config": {**first["config"], "problems": ["quadratic_L4_K5"]}}, "c")
+
+
+def test_merge_refuses_different_configs(tmp_path, capsys):
+    base = _grad_results(["redge"], 1.0)
+    with pytest.raises(MergeError, match="n_draws"):
+        merge_results(base, _grad_results(["gst"], 1.0, n_draws=7), "x")
+    with pytest.raises(MergeError, match="seed"):
+        merge_results(base, {**_grad_results(["gst"], 1.0), "seed": 3}, "x")
+    for d in ("out", "run"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "out" / "gradients_quick.json").write_text(json.dumps(base))
+    (tmp_path / "run" / "gradients_quick.json").write_text(
+        json.dumps(_grad_results(["gst"], 1.0, t1=[0.9])))
+    with pytest.raises(SystemExit) as e:  # a usage error, the base results untouched
+        main(["bench", "gradients", "--quick", "--out", str(tmp_path / "out"),
+              "--merge-from", str(tmp_path / "run")])
+    assert e.value.code == 2 and "t1" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "gradients_quick.json").read_text()) == json.loads(
+        json.dumps(base))

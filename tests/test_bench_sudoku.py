@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from samplegrad_bench._merge import MergeError
 from samplegrad_bench.cli import main
 from samplegrad_bench.runners import sudoku as B
 from samplegrad_bench.tasks import sudoku as S
@@ -101,3 +102,57 @@ def test_sweep_picks_a_setting_from_the_grid(tmp_path):
     assert out["settings"]["seed"] == 1000  # disjoint from the benchmark's puzzles
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved["best"] == out["best"]
+
+
+def _sudoku_results(names, solved, **settings):
+    cfg = {**B._plain(B.config_from_args(argparse.Namespace(quick=True))), **settings}
+    ds = cfg["difficulties"]
+    budgets = {str(b): {"solved": dict.fromkeys(ds, solved),
+                        "violations": dict.fromkeys(ds, 1.0),
+                        "sample_solved": dict.fromkeys(ds, 0.0), "mean_penalty": 1.0}
+               for b in cfg["budgets"]}
+    results = {n: {"knobs": {}, "seconds": 1.0, "budgets": budgets, "first_solved": [],
+                   "curve": {"step": [10, 20], **{d: [0.0, solved] for d in ds}}}
+               for n in names}
+    cfg["knobs"] = {n: {"tau": solved} for n in names}
+    return {"settings": cfg, "results": results, "rows": [],
+            "run_info": {"started": "then", "load_end": [3.0, 3.0, 3.0]}}
+
+
+def test_merge_takes_the_runs_estimators_and_refuses_other_settings(tmp_path, capsys):
+    base = _sudoku_results(["redge", "rloo"], 0.5)
+    run = _sudoku_results(["rloo", "gst"], 1.0)
+    merged = B.merge_results(base, run, "elsewhere")
+    assert list(merged["results"]) == ["redge", "rloo", "gst"]
+    assert merged["settings"]["knobs"] == {"redge": {"tau": 0.5}, "rloo": {"tau": 1.0},
+                                           "gst": {"tau": 1.0}}
+    last = [r for r in merged["rows"] if r["steps"] == 100]
+    assert [(r["estimator"], r["solved easy"]) for r in last] == [
+        ("redge", 0.5), ("rloo", 1.0), ("gst", 1.0)]
+    assert [p["methods"] for p in merged["provenance"]] == [["redge"], ["rloo", "gst"]]
+    assert merged["provenance"][1]["load_end"] == [3.0, 3.0, 3.0]
+    with pytest.raises(MergeError, match="lr"):
+        B.merge_results(base, _sudoku_results(["gst"], 1.0, lr=0.5), "x")
+    for d, res in (("out", base), ("run", run)):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "sudoku_quick.json").write_text(json.dumps(res))
+    assert main(["bench", "sudoku", "--quick", "--out", str(tmp_path / "out"),
+                 "--merge-from", str(tmp_path / "run")]) == 0
+    data = json.loads((tmp_path / "out" / "sudoku_quick.json").read_text())
+    assert list(data["results"]) == ["redge", "rloo", "gst"]
+    assert (tmp_path / "out" / "sudoku_quick_solved.png").stat().st_size > 1000
+    assert "| gst" in capsys.readouterr().out
+
+
+def test_merge_of_knob_sweeps(tmp_path):
+    def sweep(names, seed=1000):
+        return {"settings": {"n_puzzles": 4, "seed": seed, "methods": []},
+                "rows": [{"estimator": n, "knobs": "tau=1"} for n in names],
+                "best": {n: {"tau": 1.0} for n in names},
+                "runs": {n: [] for n in names}}
+
+    merged = B.merge_results(sweep(["redge", "gst"]), sweep(["gst", "relax"]), "x")
+    assert list(merged["best"]) == ["redge", "gst", "relax"]
+    assert [r["estimator"] for r in merged["rows"]] == ["redge", "gst", "relax"]
+    with pytest.raises(MergeError, match="seed"):
+        B.merge_results(sweep(["redge"]), sweep(["gst"], seed=1), "x")

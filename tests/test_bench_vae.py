@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from samplegrad_bench._merge import MergeError
 from samplegrad_bench.cli import main
 from samplegrad_bench.data import write_idx
-from samplegrad_bench.runners.vae import smooth_curve, summarize
+from samplegrad_bench.runners.vae import _NEW_SETTINGS, merge_results, smooth_curve, summarize
 
 
 def _args(tmp_path, *extra):
@@ -75,3 +76,43 @@ def test_smooth_curve_and_summary():
     rows = summarize(runs + [{**runs[0], "estimator": "b", "test_neg_iwae": 0.5}])
     assert [r["estimator"] for r in rows] == ["b", "a"]
     assert rows[1]["test −IWAE"] == "2.00 ± 1.41" and rows[1]["knobs"] == "t1=0.5"
+
+
+def _vae_results(names, value, seeds=(0,), **settings):
+    from dataclasses import asdict
+
+    from samplegrad_bench.runners.vae import defaults
+
+    s = {**asdict(defaults("digits", True)), "config": "48x2", **settings}
+    runs = [{"estimator": n, "seed": sd, "n_samples": 1, "knobs": {}, "train_neg_elbo": value,
+             "test_neg_elbo": value, "test_neg_iwae": value, "train_seconds": 1.0,
+             "ms_per_step": 1.0, "eval_seconds": 1.0, "curve": [[1, value], [2, value]]}
+            for n in names for sd in seeds]
+    return {"settings": s, "header": "Categorical VAE. Nats per image.", "rows": [],
+            "runs": runs, "run_info": {"started": "then", "load_start": [4.0, 4.0, 4.0]}}
+
+
+def test_merge_takes_the_runs_estimators_and_refuses_other_settings(tmp_path, capsys):
+    base = _vae_results(["redge", "rloo"], 20.0, seeds=(0, 1, 2))
+    for k in _NEW_SETTINGS:
+        base["settings"].pop(k)
+    run = _vae_results(["rloo", "disarm"], 19.0)
+    run["header"] = "Categorical VAE. Skipped x: binary variables only."
+    merged = merge_results(base, run, "elsewhere")
+    assert {(r["estimator"], r["seeds"]) for r in merged["rows"]} == {
+        ("redge", 3), ("rloo", 1), ("disarm", 1)}
+    assert "Skipped x: binary variables only." in merged["header"]
+    assert "rloo, disarm come from a separate run with seeds [0]" in merged["header"]
+    assert [p["methods"] for p in merged["provenance"]] == [["redge"], ["rloo", "disarm"]]
+    with pytest.raises(MergeError, match="lr"):
+        merge_results(base, _vae_results(["disarm"], 1.0, lr=1.0), "x")
+    for d, res in (("out", base), ("run", run)):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "digits_48x2_quick.json").write_text(json.dumps(res))
+    assert main(["bench", "vae", "--quick", "--config", "48x2", "--out", str(tmp_path / "out"),
+                 "--merge-from", str(tmp_path / "run")]) == 0
+    data = json.loads((tmp_path / "out" / "digits_48x2_quick.json").read_text())
+    assert {r["estimator"] for r in data["runs"]} == {"redge", "rloo", "disarm"}
+    assert "| disarm" in (tmp_path / "out" / "digits_48x2_quick.md").read_text()
+    assert (tmp_path / "out" / "digits_48x2_quick.png").stat().st_size > 1000
+    assert "| disarm" in capsys.readouterr().out

@@ -1,10 +1,15 @@
 """Polynomial programming: the loss, its exact expectation (vs enumeration), the optimizer."""
 
+import json
+from dataclasses import asdict
+
 import pytest
 import torch
 
 import samplegrad as sg
-from samplegrad_bench.runners.polyprog import knob_grid, optimize
+from samplegrad_bench._merge import MergeError
+from samplegrad_bench.cli import main
+from samplegrad_bench.runners.polyprog import QUICK, knob_grid, merge_results, optimize
 from samplegrad_bench.tasks import polyprog as task
 
 
@@ -67,3 +72,37 @@ def test_reinforce_ema_baseline_runs_and_is_recorded():
     assert r["knobs"] == {"ema": 0.9} and r["final"] < r["curve"][0]
     assert knob_grid("reinforce") == [{"ema": 0.9}, {"ema": 0.99}]
     assert knob_grid("straight_through") == [{}]
+
+
+def _poly_results(names, final, p=2.0, **config):
+    cfg = {**asdict(QUICK), **config}
+    runs = [{"estimator": n, "knobs": {}, "power": p, "seed": s, "final": final, "gap": 0.1,
+             "seconds": 1.0, "curve_steps": [0, 100], "curve": [0.4, final]}
+            for n in names for s in cfg["seeds"]]
+    rows = [{"p": p, "estimator": n, "knobs": "-", "final E[loss]": final, "std": 0.0,
+             "gap to optimum": 0.1, "s/run": 1.0} for n in names]
+    sweep = [{"estimator": n, "knobs": {}, "power": p, "final": final} for n in names]
+    return {"config": cfg, "sweep": sweep, "runs": runs, "rows": rows,
+            "run_info": {"started": "then", "load_start": [2.0, 2.0, 2.0]}}
+
+
+def test_merge_replaces_the_runs_estimators_and_refuses_other_configs(tmp_path, capsys):
+    base, run = _poly_results(["redge", "rloo"], 0.3), _poly_results(["rloo", "disarm"], 0.25)
+    merged = merge_results(base, run, "elsewhere")
+    assert [(r["estimator"], r["final E[loss]"]) for r in merged["rows"]] == [
+        ("redge", 0.3), ("rloo", 0.25), ("disarm", 0.25)]
+    assert [r["estimator"] for r in merged["sweep"]] == ["redge", "rloo", "disarm"]
+    assert len(merged["runs"]) == 3 * len(QUICK.seeds)
+    assert [p["methods"] for p in merged["provenance"]] == [["redge"], ["rloo", "disarm"]]
+    assert merged["provenance"][1]["load_start"] == [2.0, 2.0, 2.0]
+    with pytest.raises(MergeError, match="steps"):
+        merge_results(base, _poly_results(["disarm"], 0.2, steps=7), "x")
+    for d, res in (("out", base), ("run", run)):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "polyprog_quick.json").write_text(json.dumps(res))
+    assert main(["bench", "polyprog", "--quick", "--out", str(tmp_path / "out"),
+                 "--merge-from", str(tmp_path / "run")]) == 0
+    data = json.loads((tmp_path / "out" / "polyprog_quick.json").read_text())
+    assert [r["estimator"] for r in data["rows"]] == ["redge", "rloo", "disarm"]
+    assert (tmp_path / "out" / "polyprog_quick.png").stat().st_size > 1000
+    assert "| disarm" in capsys.readouterr().out

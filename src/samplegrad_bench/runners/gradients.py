@@ -40,6 +40,15 @@ from samplegrad_bench._common import (
     seed_all,
     write_json,
 )
+from samplegrad_bench._merge import (
+    MergeError,
+    add_merge_argument,
+    check_same,
+    finish_info,
+    provenance,
+    read_pair,
+    run_info,
+)
 from samplegrad_bench.estimators import (
     bench_methods,
     estimate,
@@ -304,11 +313,68 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="independent gradient estimates per setting")
     p.add_argument("--methods", type=comma_list(choices=bench_methods()), default=None,
                    metavar="NAME,...", help="comma list of estimators (default: all)")
+    add_merge_argument(p)
+
+
+# settings added after some results were published; only the estimators that read them
+# (Gumbel-Rao, REBAR, RELAX) depend on them, so results without them can take merged rows
+_NEW_SETTINGS = ("n_rao", "tau_rebar", "relax_warmup")
+
+
+def merge_results(base: dict[str, Any], run: dict[str, Any], run_dir: str | Path
+                  ) -> dict[str, Any]:
+    """``base`` with the rows of ``run``'s (problem, estimator) pairs replaced by ``run``'s
+    (the best-setting tables recomputed); refused (``MergeError``) unless the configs and
+    seeds agree (``run`` may cover fewer problems: rows of different problems are
+    independent, every problem and setting being seeded alone)."""
+    check_same({k: v for k, v in base["config"].items() if k != "problems"},
+               {k: v for k, v in run["config"].items() if k != "problems"}, "configs",
+               only_new=_NEW_SETTINGS)
+    check_same({"seed": base.get("seed")}, {"seed": run.get("seed")}, "seeds")
+    extra = [p for p in run["config"]["problems"] if p not in base["config"]["problems"]]
+    if extra:
+        raise MergeError(f"--merge-from: the run has problems the base results do not: {extra}")
+    cfg = GradientsConfig(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in {**run["config"],
+                                          "problems": base["config"]["problems"]}.items()})
+    pairs = {(r["problem"], r["estimator"]) for r in run["rows"]}
+    rows = [r for r in base["rows"] if (r["problem"], r["estimator"]) not in pairs]
+    rows += run["rows"]
+    new = list(dict.fromkeys(r["estimator"] for r in run["rows"]))
+    old = list(dict.fromkeys(r["estimator"] for r in base["rows"]))
+    kept = {r["estimator"] for r in rows if (r["problem"], r["estimator"]) not in pairs}
+    problems = [p for p in cfg.problems if any(r["problem"] == p for r in rows)]
+    best = {p: best_rows([r for r in rows if r["problem"] == p], cfg) for p in problems}
+    done = list(dict.fromkeys(r["problem"] for r in run["rows"]))
+    return {"config": asdict(cfg), "seed": run.get("seed"), "rows": rows, "best": best,
+            "provenance": provenance(base, old, run, new, run_dir,
+                                     replaced=[m for m in new if m not in kept],
+                                     problems=done)}
+
+
+def _merge(args: argparse.Namespace, stem: str) -> dict[str, Any]:
+    base, new = read_pair(args.out, args.merge_from, f"{stem}.json")
+    result = merge_results(base, new, args.merge_from)
+    cfg = GradientsConfig(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in result["config"].items()})
+    write_json(args.out / f"{stem}.json", result)
+    problems = list(result["best"])
+    for name in problems:
+        prob = get_problem(name, seed=result["seed"] or 0)
+        print(f"**{name}.** {caption(prob, cfg)}\n\n{markdown_table(result['best'][name])}\n")
+    for p in result["provenance"]:
+        print(f"{', '.join(p['methods'])}: {p['source']} ({p.get('started', '?')} to "
+              f"{p.get('finished', '?')}, load {p.get('load_start', '?')} -> "
+              f"{p.get('load_end', '?')})")
+    plot(result["rows"], problems, args.out / f"{stem}.png")
+    return result
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if not getattr(args, "threads", None):
         torch.set_num_threads(1)
+    if getattr(args, "merge_from", None) is not None:
+        return _merge(args, "gradients_quick" if args.quick else "gradients")
     cfg = QUICK if args.quick else GradientsConfig()
     if args.problems:
         cfg = replace(cfg, problems=tuple(args.problems))
@@ -322,7 +388,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     total = sum(len(knob_grid(n, cfg)) for n in names) * len(cfg.n_samples) * len(problems)
     bar = progress(desc="gradients", total=total, disable=None)
     result: dict[str, Any] = {"config": asdict(cfg), "seed": args.seed, "rows": [],
-                              "best": {}}
+                              "best": {}, "run_info": run_info()}
     text = []
     for prob in problems:
         rows = evaluate_problem(prob, names, cfg, seed=args.seed, bar=bar)
@@ -332,6 +398,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         write_json(out / f"{stem}.json", result)  # after each problem: nothing lost
         text.append(f"**{prob.name}.** {caption(prob, cfg)}\n\n{markdown_table(best)}")
     bar.close()
+    finish_info(result["run_info"])
+    write_json(out / f"{stem}.json", result)
     print()
     print("\n\n".join(text))
     plot(result["rows"], [p.name for p in problems], out / f"{stem}.png")

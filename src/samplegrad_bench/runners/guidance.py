@@ -46,6 +46,15 @@ from samplegrad_bench._common import (
     saved_tensor_bytes,
     write_json,
 )
+from samplegrad_bench._merge import (
+    MergeError,
+    add_merge_argument,
+    check_same,
+    finish_info,
+    provenance,
+    read_pair,
+    run_info,
+)
 from samplegrad_bench.estimators import bench_methods, default_knobs, with_state
 from samplegrad_bench.tasks.mdm_objectives import (
     digit_objective,
@@ -257,6 +266,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a BenchConfig field, e.g. --set sudoku_steps=41")
     p.add_argument("--tag", default="", help="suffix of the output files (ablations)")
+    add_merge_argument(p)
 
 
 def _suffix(args: argparse.Namespace) -> str:
@@ -326,8 +336,66 @@ def _checkpoint(ckpt_dir: Path | None, task: str, stage: str, quick: bool) -> Pa
     return qdir / task / f"{stage}.pt"
 
 
+def merge_results(base: dict, run: dict, run_dir: str | Path) -> dict:
+    """``base`` (one task's JSON) with the rows of ``run``'s (checkpoint, estimator) pairs
+    replaced by ``run``'s, every checkpoint's rows together; refused (``MergeError``) unless
+    the settings agree (the method list, the estimators' knobs and the checkpoints aside:
+    ``run`` may cover fewer of ``base``'s checkpoints, each row being its own seeded run)."""
+    def same(s: dict) -> dict:
+        return {**{k: v for k, v in s.items() if k not in ("bench", "estimator_knobs")},
+                "bench": {k: v for k, v in s["bench"].items()
+                          if k not in ("methods", "checkpoints")}}
+
+    check_same(same(base["settings"]), same(run["settings"]), "settings")
+    stages = list(base["settings"]["bench"]["checkpoints"])
+    extra = [c for c in run["settings"]["bench"]["checkpoints"] if c not in stages]
+    if extra:
+        raise MergeError(f"--merge-from: the run has checkpoints the base results do not: "
+                         f"{extra}")
+    pairs = {(r["checkpoint"], r["estimator"]) for r in run["rows"]}
+    merged = [r for r in base["rows"] if (r["checkpoint"], r["estimator"]) not in pairs]
+    kept = {r["estimator"] for r in merged}
+    merged += run["rows"]
+    new = list(dict.fromkeys(r["estimator"] for r in run["rows"]))
+    old = list(dict.fromkeys(r["estimator"] for r in base["rows"]))
+    rows = [r for st in stages for r in merged if r["checkpoint"] == st]
+    knobs = {**{k: v for k, v in base["settings"]["estimator_knobs"].items() if k not in new},
+             **run["settings"]["estimator_knobs"]}
+    settings = {**base["settings"], "estimator_knobs": knobs,
+                "bench": {**base["settings"]["bench"], "methods": list(
+                    dict.fromkeys(r["estimator"] for r in rows))}}
+    done = list(dict.fromkeys(r["checkpoint"] for r in run["rows"]))
+    return {"settings": settings, "rows": rows, "complete": bool(base.get("complete")) and
+            bool(run.get("complete")),
+            "provenance": provenance(base, old, run, new, run_dir,
+                                     replaced=[m for m in new if m not in kept],
+                                     checkpoints=done)}
+
+
+def _merge(args: argparse.Namespace) -> dict:
+    """Merge the separate run's task files; only the trade-off plots can be redrawn (the
+    sample figures need the samples, which the JSON does not keep)."""
+    suffix = _suffix(args)
+    result: dict = {"rows": []}
+    for task in args.tasks:
+        base, new = read_pair(args.out, args.merge_from, f"guidance_{task}{suffix}.json")
+        res = merge_results(base, new, args.merge_from)
+        write_json(args.out / f"guidance_{task}{suffix}.json", res)
+        for stage in dict.fromkeys(r["checkpoint"] for r in res["rows"]):
+            print(f"\n{task}, checkpoint {stage}:")
+            print(markdown_table([{k: v for k, v in r.items() if k not in ("task", "checkpoint")}
+                                  for r in res["rows"] if r["checkpoint"] == stage]))
+        if not suffix:
+            metric = "log p(target)" if task == "digits" else "violations"
+            _plot_tradeoff(res["rows"], task, metric, args.out / f"{task}_tradeoff.png")
+        result["rows"] += res["rows"]
+    return result
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or 1)
+    if getattr(args, "merge_from", None) is not None:
+        return _merge(args)
     cfg = quick_config() if args.quick else BenchConfig()
     if args.methods:
         cfg = replace(cfg, methods=tuple(args.methods))
@@ -362,11 +430,12 @@ def run(args: argparse.Namespace) -> dict:
     print("settings:", settings)
     _warm_up(methods)
     result = {"settings": settings, "rows": [], "complete": True}
+    info = run_info()
     for task in tasks:
         rows, plots, puzzles = _run_task(task, cfg, methods, args, settings)
         path = out_dir / f"guidance_{task}{suffix}.json"
         write_json(path, {"settings": settings, "rows": rows, "complete": True,
-                          "peak_rss_mb": peak_rss_mb()})
+                          "peak_rss_mb": peak_rss_mb(), "run_info": finish_info(dict(info))})
         if not suffix:
             _write_plots(rows, plots, cfg, task, out_dir, puzzles)
         result["rows"] += rows

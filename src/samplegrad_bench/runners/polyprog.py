@@ -38,6 +38,15 @@ from samplegrad_bench._common import (
     seed_all,
     write_json,
 )
+from samplegrad_bench._merge import (
+    add_merge_argument,
+    check_same,
+    finish_info,
+    provenance,
+    read_pair,
+    replace_rows,
+    run_info,
+)
 from samplegrad_bench.estimators import bench_methods, estimate, fit_n_samples, with_state
 from samplegrad_bench.paths import cache_dir
 from samplegrad_bench.tasks import polyprog as task
@@ -279,6 +288,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "polyprog/; '' disables); a rerun reuses the runs finished there")
     p.add_argument("--fresh", action="store_true",
                    help="start over: rerun every run and overwrite its cache entry")
+    add_merge_argument(p)
 
 
 def config_from_args(args: argparse.Namespace) -> PolyProgConfig:
@@ -291,9 +301,41 @@ def config_from_args(args: argparse.Namespace) -> PolyProgConfig:
     return replace(cfg, **{k: v for k, v in over.items() if v is not None})
 
 
+def merge_results(base: dict[str, Any], run: dict[str, Any], run_dir: str | Path
+                  ) -> dict[str, Any]:
+    """``base`` with the sweeps, runs and rows of ``run``'s estimators replaced by ``run``'s;
+    refused (``MergeError``) unless the configs agree."""
+    check_same(base["config"], run["config"], "configs")
+    new = list(dict.fromkeys(r["estimator"] for r in run["rows"]))
+    old = list(dict.fromkeys(r["estimator"] for r in base["rows"]))
+    done = [(r["estimator"], r["p"]) for r in run["rows"]]  # an unfinished run: rows only
+    runs = [r for r in run["runs"] if (r["estimator"], r["power"]) in done]
+    return {"config": run["config"], "sweep": replace_rows(base["sweep"], run["sweep"], new),
+            "runs": replace_rows(base["runs"], runs, new),
+            "rows": replace_rows(base["rows"], run["rows"], new),
+            "provenance": provenance(base, old, run, new, run_dir)}
+
+
+def _merge(args: argparse.Namespace, stem: str) -> dict[str, Any]:
+    base, new = read_pair(args.out, args.merge_from, f"{stem}.json")
+    result = merge_results(base, new, args.merge_from)
+    cfg = PolyProgConfig(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in result["config"].items()})
+    write_json(args.out / f"{stem}.json", result)  # curves already subsampled in both
+    print(tables(result, cfg))
+    for p in result["provenance"]:
+        print(f"{', '.join(p['methods'])}: {p['source']} ({p.get('started', '?')} to "
+              f"{p.get('finished', '?')}, load {p.get('load_start', '?')} -> "
+              f"{p.get('load_end', '?')})")
+    plot(result, cfg, args.out / f"{stem}.png")
+    return result
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if not getattr(args, "threads", None):
         torch.set_num_threads(1)
+    if getattr(args, "merge_from", None) is not None:
+        return _merge(args, "polyprog_quick" if args.quick else "polyprog")
     cfg = config_from_args(args)
     names = args.methods or bench_methods()
     out = args.out
@@ -301,13 +343,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cache = cache_dir("polyprog") if args.cache is None else Path(args.cache) if args.cache \
         else None
     print(f"config: {cfg}")
+    info = run_info()
 
     def save(res: dict[str, Any]) -> None:  # small JSON: curves subsampled, sweep kept
-        write_json(json_path, {**res, "runs": [{**r, "curve": r["curve"][::5],
+        write_json(json_path, {**res, "run_info": info, "runs": [{**r, "curve": r["curve"][::5],
                                                 "curve_steps": r["curve_steps"][::5]}
                                                for r in res["runs"]]})
 
     result = benchmark(cfg, names, cache, on_update=save, fresh=args.fresh)
+    finish_info(info)
     save(result)
     print()
     print(tables(result, cfg))

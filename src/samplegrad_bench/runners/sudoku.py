@@ -50,6 +50,15 @@ from samplegrad_bench._common import (
     seed_all,
     write_json,
 )
+from samplegrad_bench._merge import (
+    add_merge_argument,
+    check_same,
+    finish_info,
+    provenance,
+    read_pair,
+    replace_rows,
+    run_info,
+)
 from samplegrad_bench.estimators import (
     PEER_REDGE,
     bench_methods,
@@ -328,6 +337,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default sudoku; quick: sudoku_quick)")
     p.add_argument("--tuned", action="store_true",
                    help="use the best knobs of OUT/sweep.json (from --sweep)")
+    add_merge_argument(p)
 
 
 def config_from_args(args: argparse.Namespace) -> SudokuConfig:
@@ -363,6 +373,7 @@ def sweep(cfg: SudokuConfig, out_dir: Path, tag: str = "sweep") -> dict[str, Any
     puzzles, groups = load_puzzles(cfg)
     names = [n for n in (cfg.methods or bench_methods()) if n in SWEEP]
     rows, best, runs = [], {}, {}
+    info = run_info()
     last = max(cfg.budgets)
     for name in names:
         scored = []
@@ -378,7 +389,7 @@ def sweep(cfg: SudokuConfig, out_dir: Path, tag: str = "sweep") -> dict[str, Any
             rows.append(row)
         best[name] = max(scored, key=lambda sk: sk[0])[1]
         write_json(out_dir / f"{tag}.json", {"settings": asdict(cfg), "rows": rows, "best": best,
-                                            "runs": runs})
+                                            "runs": runs, "run_info": finish_info(info)})
     print(f"Knob sweep: {len(puzzles)} puzzles (seed {cfg.seed}), {last} steps, "
           f"lr {cfg.lr}, {cfg.n_samples} samples/step\n")
     print(markdown_table(rows, digits=3))
@@ -386,8 +397,61 @@ def sweep(cfg: SudokuConfig, out_dir: Path, tag: str = "sweep") -> dict[str, Any
     return {"settings": asdict(cfg), "rows": rows, "best": best, "runs": runs}
 
 
+def _config(settings: dict[str, Any]) -> SudokuConfig:
+    return SudokuConfig(**{k: tuple(v) if isinstance(v, list) else v
+                           for k, v in settings.items()})
+
+
+def merge_results(base: dict[str, Any], run: dict[str, Any], run_dir: str | Path
+                  ) -> dict[str, Any]:
+    """``base`` (a benchmark JSON, or a ``--sweep`` one when it has ``best``) with the
+    estimators of ``run`` replaced by ``run``'s; refused (``MergeError``) unless the settings
+    agree (the estimator list and their knobs aside)."""
+    skip = ("methods", "knobs")
+    check_same({k: v for k, v in base["settings"].items() if k not in skip},
+               {k: v for k, v in run["settings"].items() if k not in skip}, "settings")
+    if "best" in base or "best" in run:  # knob sweeps
+        new = list(run["best"])
+        old = list(base["best"])
+        best = {**{k: v for k, v in base["best"].items() if k not in new}, **run["best"]}
+        runs = {**{k: v for k, v in base["runs"].items() if k not in new}, **run["runs"]}
+        return {"settings": base["settings"], "rows": replace_rows(base["rows"], run["rows"],
+                                                                    new),
+                "best": best, "runs": runs, "provenance": provenance(base, old, run, new,
+                                                                     run_dir)}
+    new = list(run["results"])
+    old = list(base["results"])
+    results = {**{k: v for k, v in base["results"].items() if k not in new}, **run["results"]}
+    knobs = {**{k: v for k, v in base["settings"]["knobs"].items() if k not in new},
+             **{k: v for k, v in run["settings"]["knobs"].items() if k in new}}
+    settings = {**base["settings"], "knobs": knobs}
+    cfg = _config(settings)
+    times = [{"estimator": n, "seconds": r["seconds"],
+              "ms/step": 1000 * r["seconds"] / max(cfg.budgets)} for n, r in results.items()]
+    return {"settings": settings, "results": results, "rows": table_rows(results, cfg),
+            "times": times, "provenance": provenance(base, old, run, new, run_dir)}
+
+
+def _merge(args: argparse.Namespace, tag: str) -> dict[str, Any]:
+    base, new = read_pair(Path(args.out), args.merge_from, f"{tag}.json")
+    out = merge_results(base, new, args.merge_from)
+    write_json(Path(args.out) / f"{tag}.json", out)
+    print(markdown_table(out["rows"], digits=3))
+    for p in out["provenance"]:
+        print(f"{', '.join(p['methods'])}: {p['source']} ({p.get('started', '?')} to "
+              f"{p.get('finished', '?')}, load {p.get('load_start', '?')} -> "
+              f"{p.get('load_end', '?')})")
+    if "results" in out:
+        plot(out["results"], _config(out["settings"]), Path(args.out) / f"{tag}_solved.png")
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(getattr(args, "threads", None) or 1)
+    if getattr(args, "merge_from", None) is not None:
+        tag = ("sweep_quick" if args.quick else "sweep") if getattr(args, "sweep", False) \
+            else getattr(args, "tag", None) or ("sudoku_quick" if args.quick else "sudoku")
+        return _merge(args, tag)
     cfg = config_from_args(args)
     if getattr(args, "sweep", False):
         cfg = replace(cfg, n_puzzles=getattr(args, "n_puzzles", None) or (1 if args.quick else 4),
@@ -414,6 +478,7 @@ def run(args: argparse.Namespace) -> dict:
     settings = asdict(cfg)
     settings["knobs"] = {n: method_knobs(n, cfg.knobs) for n in names}
     results: dict[str, Any] = {}
+    info = run_info()
     if not getattr(args, "fresh", False) and json_path.exists():
         old = read_results(json_path, "results", dict)
         same = {k: v for k, v in old.get("settings", {}).items() if k != "methods"}
@@ -428,7 +493,8 @@ def run(args: argparse.Namespace) -> dict:
         if name in results:
             continue
         results[name] = run_method(name, puzzles, groups, cfg)
-        out = {"settings": settings, "results": results, "rows": table_rows(results, cfg)}
+        out = {"settings": settings, "results": results, "rows": table_rows(results, cfg),
+               "run_info": info}
         write_json(json_path, out)  # after every estimator: an interrupt loses at most one
     rows = table_rows(results, cfg)
     print("\nFraction of puzzles whose argmax grid solves the puzzle (headline), mean "
@@ -437,7 +503,8 @@ def run(args: argparse.Namespace) -> dict:
     times = [{"estimator": n, "seconds": r["seconds"],
               "ms/step": 1000 * r["seconds"] / max(cfg.budgets)} for n, r in results.items()]
     print("\n" + markdown_table(times, digits=3))
-    out = {"settings": settings, "results": results, "rows": rows, "times": times}
+    out = {"settings": settings, "results": results, "rows": rows, "times": times,
+           "run_info": finish_info(info)}
     write_json(json_path, out)
     plot(results, cfg, out_dir / f"{tag}_solved.png")
     return out

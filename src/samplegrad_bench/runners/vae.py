@@ -28,6 +28,15 @@ import torch
 from samplegrad.checkpoint import load_checkpoint, remove_checkpoint
 from samplegrad_bench._args import comma_list, positive_int, seed_list
 from samplegrad_bench._common import Timer, markdown_table, progress, save_figure, write_json
+from samplegrad_bench._merge import (
+    add_merge_argument,
+    check_same,
+    finish_info,
+    provenance,
+    read_pair,
+    replace_rows,
+    run_info,
+)
 from samplegrad_bench.data import load_digits, load_idx_dataset
 from samplegrad_bench.estimators import (
     bench_methods,
@@ -288,10 +297,69 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cache's vae/); a rerun resumes unfinished runs and reuses finished ones")
     p.add_argument("--fresh", action="store_true",
                    help="start over: delete the checkpoints of the runs asked for first")
+    add_merge_argument(p)
+
+
+# settings added after some results were published; only the runs they add (the IWAE
+# objective's rows) read them, so results without them can take merged rows
+_NEW_SETTINGS = ("iwae_train_samples", "iwae_estimators")
+
+
+def merge_results(base: dict[str, Any], run: dict[str, Any], run_dir: str | Path
+                  ) -> dict[str, Any]:
+    """One cell's ``base`` results with the runs of ``run``'s estimators replaced by
+    ``run``'s, the summary table recomputed and the header extended by what changed;
+    refused (``MergeError``) unless the settings agree (estimator list and number of seeds
+    aside: every row says how many seeds it has)."""
+    skip = ("estimators", "seeds")
+    check_same({k: v for k, v in base["settings"].items() if k not in skip},
+               {k: v for k, v in run["settings"].items() if k not in skip}, "settings",
+               only_new=_NEW_SETTINGS)
+    new = list(dict.fromkeys(r["estimator"] for r in run["runs"]))
+    old = list(dict.fromkeys(r["estimator"] for r in base["runs"]))
+    runs = replace_rows(base["runs"], run["runs"], new)
+    seeds = sorted({r["seed"] for r in run["runs"]})
+    header = base["header"]
+    for sentence in run["header"].split(". "):  # the IWAE rows' and skipped estimators' notes
+        if sentence.startswith(("Rows 'NAME (IWAE)'", "Skipped")) and sentence not in header:
+            header += " " + sentence.rstrip(".") + "."
+    info = run.get("run_info", {})
+    header += (f" Merged: the rows of {', '.join(new)} come from a separate run with seeds "
+               f"{seeds} ({info.get('started', 'date not recorded')}; load average "
+               f"{info.get('load_start', '?')} at its start, {info.get('load_end', '?')} at its "
+               f"end, on {info.get('cpus', '?')} cores), so their ms/step are not comparable "
+               f"with the other rows'.")
+    settings = {**base["settings"], **{k: run["settings"][k] for k in _NEW_SETTINGS
+                                       if k in run["settings"]},
+                "estimators": list(dict.fromkeys(r["estimator"] for r in runs))}
+    return {"settings": settings, "header": header, "rows": summarize(runs), "runs": runs,
+            "provenance": provenance(base, old, run, new, run_dir)}
+
+
+def _merge(args: argparse.Namespace, configs: list[str], suffix: str) -> dict[str, Any]:
+    out = {}
+    for config in configs:
+        cell = f"{args.dataset}_{config}{suffix}"
+        base, new = read_pair(args.out, args.merge_from, f"{cell}.json")
+        res = merge_results(base, new, args.merge_from)
+        table = markdown_table(res["rows"])
+        print(f"\n{res['header']}\n\n{table}\n")
+        l, k = CONFIGS[config]
+        steps, n_seeds = res["settings"]["steps"], res["settings"]["seeds"]
+        plot_curves(res["runs"], f"{args.dataset} {l}x{k}: {steps} steps, up to {n_seeds} "
+                    "seed(s)", args.out / f"{cell}.png")
+        (args.out / f"{cell}.md").write_text(f"{res['header']}\n\n{table}\n")
+        write_json(args.out / f"{cell}.json", res)
+        out[config] = res
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads or 1)
+    if getattr(args, "merge_from", None) is not None:
+        default = ["48x2"] if args.dataset == "fashion" else \
+            (["20x10"] if args.quick else ["20x10", "48x2"])
+        return _merge(args, args.config or default, "_quick" if args.quick else "")
     s = defaults(args.dataset, args.quick)
     over = {"steps": args.steps, "seeds": len(args.seeds) if args.seeds else None,
             "iwae_samples": args.iwae_samples, "test_subset": args.test_subset}
@@ -308,6 +376,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     train, test, dynamic = load_data(args.dataset, args.data_root)
     suffix = "_quick" if args.quick else ""
     out: dict[str, Any] = {}
+    info = run_info()
     for config in configs:
         cs = replace(s, config=config, estimators=list(names))
         cell = f"{args.dataset}_{config}{suffix}"
@@ -348,6 +417,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         plot_curves(results, f"{args.dataset} {l}x{k}: {cs.steps} steps, "
                     f"{len(seeds)} seed(s)", res_dir / f"{cell}.png")
         (res_dir / f"{cell}.md").write_text(f"{header}\n\n{table}\n")
-        out[config] = {"settings": cs, "header": header, "rows": rows, "runs": results}
+        out[config] = {"settings": cs, "header": header, "rows": rows, "runs": results,
+                       "run_info": finish_info(dict(info))}
         write_json(res_dir / f"{cell}.json", out[config])
     return out
