@@ -9,7 +9,8 @@ raised from inside the k-th call of the command's step function (the commands wi
 does), or a crash in the middle of a step (nothing saved at the interrupt, like ``kill -9``),
 or a SIGKILL of a subprocess. Then every file of both folders is compared: JSON numbers and
 checkpoint contents exactly, PNG files byte for byte, markdown tables cell by cell -- except
-the wall-clock fields named in ``TIMING`` (they differ between any two runs).
+the wall-clock fields named in ``TIMING`` (they differ between any two runs; ``run_info``
+holds the run's dates and load average).
 """
 
 import dataclasses
@@ -41,9 +42,9 @@ from samplegrad_bench.tasks import vae as vae_task
 TIMING = {
     "train-ddpm": {"seconds"},
     "train-mdm": {"seconds_this_run"},
-    "vae": {"train_seconds", "ms_per_step", "eval_seconds", "ms/step"},
-    "polyprog": {"seconds", "s/run"},
-    "sudoku": {"seconds", "times"},
+    "vae": {"train_seconds", "ms_per_step", "eval_seconds", "ms/step", "run_info"},
+    "polyprog": {"seconds", "s/run", "run_info"},
+    "sudoku": {"seconds", "times", "run_info"},
     "finetune": {"init_s", "step_ms", "step_ms_median", "total_s", "advance_ms", "adjoint_ms",
                  "ms/θ step", "advance ms (T·N rows)", "adjoint ms", "implicit ms/θ step",
                  "ratio step/(advance+adjoint)", "unrolled ms/θ step",
