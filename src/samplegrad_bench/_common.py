@@ -77,6 +77,16 @@ def seed_all(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (imported on first use)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig: Any, path: str | Path, dpi: int = 110, tight: bool = True) -> Path:
     """Lay out (``tight``), write and close a matplotlib figure; creates the folder."""
     import matplotlib.pyplot as plt

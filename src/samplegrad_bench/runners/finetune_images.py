@@ -83,7 +83,14 @@ from samplegrad_bench._args import (
     positive_int,
     seed_list,
 )
-from samplegrad_bench._common import markdown_table, progress, read_results, save_figure, write_json
+from samplegrad_bench._common import (
+    markdown_table,
+    progress,
+    pyplot,
+    read_results,
+    save_figure,
+    write_json,
+)
 from samplegrad_bench.paths import cache_dir
 from samplegrad_bench.runners.train_ddpm import (
     FASHION_QUICK,
@@ -616,15 +623,6 @@ def ratio_table(rows: list[dict]) -> str:
     return markdown_table(out)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _mean_trace(rs: list[dict], key: str) -> tuple[list[float], list[float]]:
     n = min(len(r["trace"]) for r in rs)
     xs = [statistics.mean(r["trace"][i][key] for r in rs) for i in range(n)]
@@ -634,7 +632,7 @@ def _mean_trace(rs: list[dict], key: str) -> tuple[list[float], list[float]]:
 
 def save_curves(out: Path, rows: list[dict], suffix: str) -> list[Path]:
     """Training reward against θ steps and against wall clock (seed mean), per (reward, T)."""
-    plt = _plt()
+    plt = pyplot()
     paths = []
     main = {}
     for (reward, t_total, lam, steps, method), rs in _groups(rows).items():
@@ -665,7 +663,7 @@ def save_curves(out: Path, rows: list[dict], suffix: str) -> list[Path]:
 
 def save_reward_kl(out: Path, rows: list[dict], suffix: str) -> list[Path]:
     """Final reward against final path KL over the lambdas, per method (seed mean)."""
-    plt = _plt()
+    plt = pyplot()
     paths = []
     by: dict = {}
     for (reward, t_total, lam, steps, method), rs in _groups(rows).items():
@@ -693,7 +691,7 @@ def save_reward_kl(out: Path, rows: list[dict], suffix: str) -> list[Path]:
 
 def save_scaling(out: Path, rows: list[dict], suffix: str) -> Path:
     """Time per θ step and peak memories against T (brightness reward, seed means)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     keys = (("step_ms", "ms per θ step"), ("peak_autograd_mib", "peak autograd MiB"),
             ("peak_rss_mib", "peak RSS growth MiB"))
@@ -718,7 +716,7 @@ def save_scaling(out: Path, rows: list[dict], suffix: str) -> Path:
 
 def save_grids(out: Path, rows: list[dict], images: dict, suffix: str) -> list[Path]:
     """Samples on the same noise: pretrained and each method (first seed, main λ)."""
-    plt = _plt()
+    plt = pyplot()
     paths = []
     seen: dict = {}
     first_seed: dict = {}

@@ -37,7 +37,14 @@ from samplegrad.spectral import (
     train_dsm,
 )
 from samplegrad_bench._args import comma_list, positive_int
-from samplegrad_bench._common import Timer, markdown_table, progress, save_figure, write_json
+from samplegrad_bench._common import (
+    Timer,
+    markdown_table,
+    progress,
+    pyplot,
+    save_figure,
+    write_json,
+)
 from samplegrad_bench.tasks.boltzmann import PerturbedGaussian, Phi4Lattice, reference_samples
 
 
@@ -333,17 +340,8 @@ def _budget_match(name: str, spec: dict, floor: dict, neural: list[dict], top: i
 
 
 # ---- plots --------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_grid(images: dict[str, torch.Tensor], side: int, path: Path, title: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     n = 8
     fig, axes = plt.subplots(len(images), 1, figsize=(n * 0.9, len(images) * 1.1 + 0.3))
     for ax, (label, imgs) in zip(axes, images.items()):
@@ -356,7 +354,7 @@ def _plot_grid(images: dict[str, torch.Tensor], side: int, path: Path, title: st
 
 
 def _plot_errors(res: dict[str, Any], out: Path, times: tuple) -> None:
-    plt = _plt()
+    plt = pyplot()
     if "gmm" in res:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         dims = sorted({r["d"] for r in res["gmm"]["score_error"]})

@@ -48,7 +48,7 @@ from samplegrad.spectral import (
 from samplegrad.spectral.hybrid import train_residual
 from samplegrad_bench import paths
 from samplegrad_bench._args import comma_list
-from samplegrad_bench._common import markdown_table, progress, save_figure, write_json
+from samplegrad_bench._common import markdown_table, progress, pyplot, save_figure, write_json
 
 SECTIONS = ("scale", "images", "accuracy")
 
@@ -413,17 +413,8 @@ def accuracy_section(cfg: ScaleConfig, res: dict, save, seed: int) -> None:
 
 
 # ---- plots ------------------------------------------------------------------------------
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_grid(images: dict[str, torch.Tensor], side: int, path: Path, title: str) -> None:
-    plt = _plt()
+    plt = pyplot()
     n = 8
     fig, axes = plt.subplots(len(images), 1, figsize=(n * 0.9, len(images) * 1.25 + 0.3))
     for ax, (label, imgs) in zip(axes, images.items()):
@@ -440,7 +431,7 @@ def _plot_scale(res: dict, out: Path, times: tuple) -> None:
     rows = res.get("scale", {}).get("rows", [])
     if not rows:
         return
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for r in rows:
         for ax, key in zip(axes, ("fit CPU (s)", "peak RSS (MiB)",
