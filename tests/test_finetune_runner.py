@@ -32,7 +32,9 @@ def test_recompute_method_runs_and_reports_its_memory(tiny_ddpm, tmp_path, monke
     # one path (T + 1) N 64 floats against the queue's T (T + 1) N 64 (+ its stage counters)
     assert rec["state_kib"] == pytest.approx(4 * 4 * 64 * 4 / 1024)
     assert imp["state_kib"] >= 3 * rec["state_kib"]
-    assert rec["activation_kib"] == pytest.approx(imp["activation_kib"])  # one adjoint step
+    # one adjoint step each; the saved-tensor byte counter varies by about 1 KiB between calls
+    # (seen: 26.07 vs 27.07), far below the T-fold growth a kept path graph would show
+    assert rec["activation_kib"] == pytest.approx(imp["activation_kib"], rel=0.1)
     md = (tmp_path / "res" / "finetune_quick.md").read_text()
     assert re.search(r"\|\s*brightness\s*\|\s*3\s*\|\s*recompute\s*\|", md)
 
