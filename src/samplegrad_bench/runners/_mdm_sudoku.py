@@ -24,7 +24,7 @@ import torch
 from samplegrad.discrete import GuidanceConfig, load_model, make_guide, sample
 from samplegrad.discrete import finetune as ft
 from samplegrad_bench._common import Timer
-from samplegrad_bench.estimators import default_knobs
+from samplegrad_bench.runners.mdm_finetune import ft_config
 from samplegrad_bench.tasks.mdm_objectives import (
     FINETUNE_PUZZLE_SEED,
     HELDOUT_PUZZLE_SEED,
@@ -73,16 +73,6 @@ def puzzles(cfg: SudokuConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     pool, _ = puzzle_set(cfg.n_pool, FINETUNE_PUZZLE_SEED, "easy")
     held, sol = puzzle_set(cfg.eval_n, HELDOUT_PUZZLE_SEED, "easy")
     return pool, held, sol
-
-
-def ft_config(cfg: SudokuConfig, method: str, estimator: str,
-              seed: int) -> ft.MDMFinetuneConfig:
-    knobs = {} if method == "reinforce" else default_knobs(estimator)
-    return ft.MDMFinetuneConfig(
-        n_steps=cfg.n_steps, pop_size=cfg.pop_size,
-        estimator=estimator if method != "reinforce" else "gumbel_soft", knobs=knobs,
-        truncate=cfg.truncate if method == "truncated" else None, kl_weight=cfg.kl_weight,
-        lr=cfg.lr, grad_clip=cfg.grad_clip, seed=seed)
 
 
 @torch.no_grad()

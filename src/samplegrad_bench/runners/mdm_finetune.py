@@ -32,6 +32,7 @@ import argparse
 import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -76,7 +77,9 @@ def quick_config() -> BenchConfig:
                        truncate=2, pop_size=4, theta_steps=3, eval_n=16)
 
 
-def _ft_config(cfg: BenchConfig, method: str, estimator: str, seed: int) -> ft.MDMFinetuneConfig:
+def ft_config(cfg: Any, method: str, estimator: str, seed: int) -> ft.MDMFinetuneConfig:
+    """The library config of one run; ``cfg`` is this runner's ``BenchConfig`` or the Sudoku
+    runner's ``SudokuConfig`` (both have n_steps, pop_size, truncate, kl_weight, lr, grad_clip)."""
     knobs = {} if method == "reinforce" else default_knobs(estimator)
     return ft.MDMFinetuneConfig(
         n_steps=cfg.n_steps, pop_size=cfg.pop_size,
@@ -149,7 +152,7 @@ def run_one(method: str, estimator: str, seed: int, cfg: BenchConfig, ckpt: Path
             classifier) -> tuple[dict, torch.Tensor, list[float]]:
     model = load_model(ckpt)
     torch.manual_seed(seed)
-    fcfg = _ft_config(cfg, method, estimator, seed)
+    fcfg = ft_config(cfg, method, estimator, seed)
     reward = _reward_fn(classifier, cfg.target_digit)
     init, step = _FNS[method]
     state = init(model, fcfg)
