@@ -60,6 +60,13 @@ def test_quick_fashion_on_tiny_idx_folder(tmp_path, capsys):
     assert np.isfinite(data["runs"][0]["test_neg_iwae"])
 
 
+def test_an_iwae_row_runs_alone(tmp_path, capsys):
+    """--methods 'redge (IWAE)' trains that row only, not redge's -ELBO row."""
+    assert main(_args(tmp_path, "--methods", "redge (IWAE),rloo", "--seeds", "0")) == 0
+    data = json.loads((tmp_path / "res" / "digits_20x10_quick.json").read_text())
+    assert [r["estimator"] for r in data["runs"]] == ["rloo", "redge (IWAE)"]
+
+
 def test_unknown_method_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(_args(tmp_path, "--methods", "rloo,nope"))

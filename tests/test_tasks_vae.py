@@ -212,9 +212,26 @@ def _same_state(a, b):
         for key in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(sa["state"][k][key], sb["state"][k][key])
     assert a.step == b.step and a.history == b.history and a.baseline == b.baseline
+    ca, cb = a.knobs.get("control"), b.knobs.get("control")
+    assert (ca is None) == (cb is None)
+    if ca is not None:  # RELAX: its control variate resumes too
+        assert ca.step == cb.step == a.step
+        for pa, pb in zip(ca.net.parameters(), cb.net.parameters()):
+            assert torch.equal(pa, pb)
+        assert torch.equal(ca.eta, cb.eta)
 
 
-@pytest.mark.parametrize("name", ["reinforce", "redge"])
+def test_relax_trains_its_control_variate_across_steps():
+    """RELAX gets one control variate per run (not a fresh one per step, which is REBAR):
+    it takes one training step per VAE step and moves away from its zero start."""
+    cfg = VAETrainConfig(estimator="relax", knobs=default_knobs("relax"), batch_size=8)
+    state = fit(train_init(TINY, cfg, 0), torch.rand(40, 4).round(), cfg, 6)
+    control = state.knobs["control"]
+    assert control.step == 6
+    assert float(control.net.net[-1].weight.abs().sum()) > 0  # the last layer starts at zero
+
+
+@pytest.mark.parametrize("name", ["reinforce", "redge", "relax"])
 def test_resume_after_interrupt_is_identical(tmp_path, name):
     data = torch.rand(40, 4)  # intensities: dynamic binarization draws from the RNG too
     cfg = VAETrainConfig(estimator=name, knobs=default_knobs(name), batch_size=8,

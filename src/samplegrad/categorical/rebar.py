@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -98,6 +99,40 @@ class RelaxState:
     variance: torch.Tensor | None = None
     _eta0: float = field(default=1.0, repr=False)
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs to resume training the control variate: the net's and
+        the optimizer's state dicts, ``eta``, ``step`` and the default net's shapes (so a
+        fresh state can rebuild it before its first call). ``{"built": False}`` before the
+        first call, when there is nothing trained yet."""
+        if self.optimizer is None:
+            return {"built": False}
+        net = self.net
+        shape = ((net.dim, net.n_lead) if isinstance(net, _PerElementMLP) else None)
+        return {"built": True, "default_net": shape, "net": net.state_dict(),
+                "eta": None if self.eta is None else self.eta.detach().clone(),
+                "optimizer": self.optimizer.state_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output in place (on the device and dtype of the saved
+        tensors; a net you passed to :func:`relax_init` keeps its own). Loading an unbuilt
+        state leaves this one untouched."""
+        if not isinstance(state, dict) or "built" not in state:
+            raise ValueError("control: not a RelaxState.state_dict()")
+        if not state["built"]:
+            return
+        like = next(iter(state["net"].values()))
+        if self.net is None:
+            if state["default_net"] is None:
+                raise ValueError("control: the saved state used your own net; pass that net "
+                                 "to relax_init(net=...) before loading")
+            dim, n_lead = state["default_net"]
+            self.net = _PerElementMLP(dim, self.hidden, n_lead, like.device, like.dtype)
+        self.net.load_state_dict(state["net"])
+        self._eta0 = math.nan if state["eta"] is None else float(state["eta"])
+        _build_optimizer(self, like.device, like.dtype)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+
 
 @dataclass(frozen=True)
 class RelaxInfo:
@@ -157,6 +192,11 @@ def _build(state: RelaxState, relaxed: torch.Tensor, n_lead: int,
     if state.net is None:
         dim = math.prod(relaxed.shape[1 + n_lead:])
         state.net = _PerElementMLP(dim, state.hidden, n_lead, dev, dt, generator)
+    _build_optimizer(state, dev, dt)
+
+
+def _build_optimizer(state: RelaxState, dev: torch.device, dt: torch.dtype) -> None:
+    """``eta`` (a leaf, from ``state._eta0``) and the optimizer over it and the net."""
     if not math.isnan(state._eta0):
         state.eta = torch.tensor(state._eta0, device=dev, dtype=dt, requires_grad=True)
     params = [p for p in state.net.parameters() if p.requires_grad]

@@ -283,10 +283,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=positive_int, default=None, help="training steps")
     p.add_argument("--seeds", type=seed_list, default=None, metavar="S,...",
                    help="comma list of training seeds (default 0,1,2; quick and fashion: 0)")
-    p.add_argument("--methods", type=comma_list(choices=bench_methods(include_bounds=True)),
+    iwae_rows = [f"{n}{IWAE_SUFFIX}" for n in Settings.iwae_estimators]
+    p.add_argument("--methods",
+                   type=comma_list(choices=[*bench_methods(include_bounds=True), *iwae_rows]),
                    default=None, metavar="NAME,...",
                    help="comma list of estimators (default: all); those of the IWAE runs "
-                        "(vimco, redge, reinmax, gumbel_hard) also train that objective")
+                        "(vimco, redge, reinmax, gumbel_hard) also train that objective; "
+                        "'NAME (IWAE)' runs that row alone, e.g. --methods 'redge (IWAE)'")
     p.add_argument("--iwae-samples", type=positive_int, default=None,
                    help="samples of the importance-weighted bound")
     p.add_argument("--test-subset", type=positive_int, default=None,
@@ -366,8 +369,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     s = replace(s, **{k: v for k, v in over.items() if v is not None})
     names = args.methods or bench_methods()
     iwae_names = [f"{n}{IWAE_SUFFIX}" for n in s.iwae_estimators
-                  if args.methods is None or n in args.methods]
-    names = [n for n in names if n != "vimco"] + iwae_names
+                  if args.methods is None or n in args.methods
+                  or f"{n}{IWAE_SUFFIX}" in args.methods]
+    names = [n for n in names if n != "vimco" and not n.endswith(IWAE_SUFFIX)] + iwae_names
     ckpt_root = args.checkpoints if args.checkpoints is not None else cache_dir("vae")
     if args.dataset == "fashion":
         configs = args.config or ["48x2"]

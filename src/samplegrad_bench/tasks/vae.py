@@ -39,7 +39,7 @@ from samplegrad.checkpoint import (
     load_training_state,
     save_training_state,
 )
-from samplegrad_bench.estimators import estimate, is_score_function, sampler
+from samplegrad_bench.estimators import estimate, is_score_function, sampler, with_state
 
 OptimizerFactory = Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
@@ -259,6 +259,8 @@ class VAETrainState:
     step: int = 0
     history: list[float] = field(default_factory=list)  # training loss per step
     baseline: float | None = None  # REINFORCE EMA baseline (mean objective value)
+    # the estimator's knobs for this run, with its state across steps (RELAX's control)
+    knobs: dict[str, Any] = field(default_factory=dict)
 
 
 def train_init(vae: VAEConfig, cfg: VAETrainConfig, seed: int = 0, *,
@@ -271,7 +273,7 @@ def train_init(vae: VAEConfig, cfg: VAETrainConfig, seed: int = 0, *,
     model = CategoricalVAE(vae).to(device)
     params = list(model.parameters())
     opt = optimizer(params) if optimizer is not None else torch.optim.Adam(params, lr=cfg.lr)
-    return VAETrainState(model, opt)
+    return VAETrainState(model, opt, knobs=with_state(cfg.estimator, cfg.knobs))
 
 
 def sample_batch(data: torch.Tensor, cfg: VAETrainConfig) -> torch.Tensor:
@@ -282,7 +284,8 @@ def sample_batch(data: torch.Tensor, cfg: VAETrainConfig) -> torch.Tensor:
 
 
 def training_loss(model: CategoricalVAE, x: torch.Tensor, cfg: VAETrainConfig,
-                  baseline: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  baseline: float | None = None, knobs: dict[str, Any] | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Surrogate −ELBO per datapoint (batch mean) whose ``backward()`` gives the estimator's
     gradient, and the detached reconstruction values (for baselines): ``(S, B)`` per
     datapoint for score-function estimators with ``per_datapoint_credit``, else ``(S,)``
@@ -291,7 +294,8 @@ def training_loss(model: CategoricalVAE, x: torch.Tensor, cfg: VAETrainConfig,
     Pathwise: ``z = sampler(name)(logits)`` feeds the decoder (relaxed for gumbel_soft).
     Score function: ``f(z (S, B, L, K)) = -log p(x_b | z_b)`` per datapoint ``(S, B)`` (or
     its batch sum ``(S,)``) via ``estimate``; the decoder still gets its pathwise gradient
-    through the surrogate's value.
+    through the surrogate's value. ``knobs``: the run's estimator knobs with their state
+    (``VAETrainState.knobs``; default ``cfg.knobs``, so RELAX would get no control variate).
     """
     logits = model.encode(x)
     if cfg.objective == "iwae":
@@ -308,7 +312,7 @@ def training_loss(model: CategoricalVAE, x: torch.Tensor, cfg: VAETrainConfig,
             vals.append(v.detach())
             return v
 
-        knobs = dict(cfg.knobs)
+        knobs = dict(cfg.knobs if knobs is None else knobs)
         if cfg.estimator == "reinforce" and baseline is not None:
             knobs["baseline"] = baseline
         if cfg.estimator == "unordered_set" and cfg.per_datapoint_credit:
@@ -352,8 +356,8 @@ def _iwae_training_loss(model: CategoricalVAE, x: torch.Tensor, logits: torch.Te
 
 
 def _sharded_training_loss(model: CategoricalVAE, x: torch.Tensor, cfg: VAETrainConfig,
-                           baseline: float | None,
-                           sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+                           baseline: float | None, sl: slice,
+                           knobs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's share of :func:`training_loss` on the global minibatch ``x`` ``(B, D)``:
     its items ``sl`` only, divided by the global ``B`` (summed over ranks: the one-process
     loss). The latent noise is drawn for the whole batch (:func:`samplegrad.distributed.
@@ -377,7 +381,7 @@ def _sharded_training_loss(model: CategoricalVAE, x: torch.Tensor, cfg: VAETrain
             vals.append(v.detach())
             return sgd.embed_shard(v, sl, b, dim=-1)
 
-        knobs = dict(cfg.knobs)
+        knobs = dict(knobs)
         if cfg.estimator == "reinforce" and baseline is not None:
             knobs["baseline"] = baseline
         recon = estimate(f, glogits, cfg.estimator, s, **knobs) / b
@@ -400,12 +404,13 @@ def train_step(state: VAETrainState, x: torch.Tensor,
     state.optimizer.zero_grad(set_to_none=True)
     if sgd.world().distributed:
         loss, vals = _sharded_training_loss(state.model, x, cfg, state.baseline,
-                                            sgd.shard(x.shape[0]))
+                                            sgd.shard(x.shape[0]), _run_knobs(state, cfg))
         loss.backward()
         sgd.all_reduce_grads(state.model, op="sum")
         loss = sgd.all_reduce(loss.detach().clone())
     else:
-        loss, vals = training_loss(state.model, x, cfg, state.baseline)
+        loss, vals = training_loss(state.model, x, cfg, state.baseline,
+                                   _run_knobs(state, cfg))
         loss.backward()
     state.optimizer.step()
     v = float(vals.mean())
@@ -416,17 +421,31 @@ def train_step(state: VAETrainState, x: torch.Tensor,
     return state, {"loss": state.history[-1]}
 
 
+def _run_knobs(state: VAETrainState, cfg: VAETrainConfig) -> dict[str, Any]:
+    """The state's knobs, or a state made by hand without them: ``cfg.knobs``."""
+    return state.knobs or dict(cfg.knobs)
+
+
+def _stateful(state: VAETrainState) -> dict[str, Any]:
+    """What a checkpoint saves and restores: model, optimizer, and the estimator's own state
+    when it keeps one (RELAX's control variate, ``"control"``)."""
+    out: dict[str, Any] = {"model": state.model, "optimizer": state.optimizer}
+    if state.knobs.get("control") is not None:
+        out["control"] = state.knobs["control"]
+    return out
+
+
 def save_train_state(path: str | Path, state: VAETrainState, **extra: Any) -> Path:
-    """Atomic checkpoint of model, optimizer, RNG streams, step, history and baseline."""
-    return save_training_state(path, {"model": state.model, "optimizer": state.optimizer},
-                               step=state.step, history=state.history,
-                               baseline=state.baseline, **extra)
+    """Atomic checkpoint of model, optimizer, the estimator's state (RELAX), RNG streams,
+    step, history and baseline."""
+    return save_training_state(path, _stateful(state), step=state.step,
+                               history=state.history, baseline=state.baseline, **extra)
 
 
 def load_train_state(path: str | Path, state: VAETrainState) -> dict[str, Any] | None:
     """Resume ``state`` in place from ``path`` (RNG streams too); the checkpoint's extras or
     ``None`` when there is no file."""
-    got = load_training_state(path, {"model": state.model, "optimizer": state.optimizer})
+    got = load_training_state(path, _stateful(state))
     if got is None:
         return None
     state.step, state.history, state.baseline = got["step"], list(got["history"]), got["baseline"]
