@@ -149,3 +149,23 @@ def test_plan_covers_the_grid():
     assert len(jobs) == 2 * 2 * 2 * n_all + 2 * 2 * 1 + n_all  # 2 rewards, threshold, sweep
     assert n_grad == n_all - 1
     assert {j["T"] for j in jobs if j["kl_weight"] == 0.1} == {10}
+
+
+def test_time_budget_stops_runs_and_keeps_them_apart(fake_env, monkeypatch):
+    """--time-budget: a run stops after the θ step that crosses the budget (here the first),
+    its rows carry the budget, and runs without a budget are separate rows and plots."""
+    base = ["bench", "finetune-images", "--quick", "--methods", "draft-1", "--rewards",
+            "brightness", "--theta-steps", "3", "--threads", "1"]
+    assert _run(monkeypatch, fake_env / "w", base + ["--time-budget", "1e-6"]) == 0
+    assert _run(monkeypatch, fake_env / "w", base) == 0
+    out = fake_env / "w" / "runs" / "finetune-images"
+    rows = json.loads((out / "finetune_images_quick.json").read_text())["rows"]
+    budget = [r for r in rows if r.get("time_budget") is not None]
+    plain = [r for r in rows if r.get("time_budget") is None]
+    assert len(budget) == len(plain) == 1
+    assert len(budget[0]["trace"]) == budget[0]["theta_steps_done"] == 1
+    assert len(plain[0]["trace"]) == plain[0]["theta_steps_done"] == 3
+    names = {p.name for p in out.iterdir()}
+    assert any("_budget1e-06s_quick.png" in n and n.startswith("curves_") for n in names)
+    table = (out / "finetune_images_quick.md").read_text()
+    assert "budget s" in table and "steps done" in table

@@ -126,6 +126,9 @@ class BenchConfig:
     target_class: int = 1  # Trouser
     eval_n: int = 128
     n_reference: int = 2000  # held-out test images for FD-classifier
+    # wall-clock seconds of one run (init included); θ steps are then at most theta_steps.
+    # None: exactly theta_steps θ steps. Equal budgets compare methods at equal wall clock.
+    time_budget: float | None = None
 
 
 def quick_config() -> BenchConfig:
@@ -159,6 +162,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="class of the classifier rewards (default 1, Trouser)")
     p.add_argument("--eval-n", type=positive_int, default=None,
                    help="fixed-noise samples per evaluation (default 128)")
+    p.add_argument("--time-budget", type=positive_float, default=None, metavar="SECONDS",
+                   help="stop each run after this many wall-clock seconds (init included), "
+                        "at most --theta-steps θ steps: methods compared at equal wall clock")
     p.add_argument("--fresh", action="store_true",
                    help="rerun the runs already in the results JSON")
 
@@ -170,7 +176,8 @@ def _settings(args: argparse.Namespace) -> BenchConfig:
         v = getattr(args, name, None)
         if v:
             over[name] = tuple(v)
-    for name in ("theta_steps", "pop_size", "kl_weight", "target_class", "eval_n"):
+    for name in ("theta_steps", "pop_size", "kl_weight", "target_class", "eval_n",
+                 "time_budget"):
         v = getattr(args, name, None)
         if v is not None:
             over[name] = v
@@ -357,8 +364,10 @@ def _params(model: torch.nn.Module) -> dict[str, Tensor]:
 
 
 def run_one(method: str, model, ref, sched, reward_fn, cfg: FinetuneConfig, steps: int,
-            desc: str) -> tuple[dict, dict, list]:
-    """Finetune a copy of ``model``: (final params, cost measurements, trace rows)."""
+            desc: str, budget: float | None = None) -> tuple[dict, dict, list]:
+    """Finetune a copy of ``model`` for ``steps`` θ steps, or fewer once ``budget`` seconds
+    of wall clock (init included) have passed: (final params, cost measurements, trace
+    rows)."""
     model = copy.deepcopy(model).requires_grad_(True)
     weights = list(model.parameters())
     rss_reset = _reset_peak_rss()
@@ -376,19 +385,27 @@ def run_one(method: str, model, ref, sched, reward_fn, cfg: FinetuneConfig, step
         times.append(dt)
         trace.append({"step": i + 1, "wall_s": time.perf_counter() - t0,
                       "reward": info["reward"], "kl": info["kl"]})
+        if budget is not None and trace[-1]["wall_s"] >= budget:
+            break
     rss_peak = _status_kib("VmHWM") if rss_reset else float("nan")
     ts = sorted(times[1:] or times)
     cost = {"init_s": init_s, "total_s": time.perf_counter() - t0,
             "step_ms": 1e3 * ts[len(ts) // 2], "step_ms_mean": 1e3 * sum(times) / len(times),
             "peak_autograd_mib": peak_graph / 2**20,
-            "peak_rss_mib": (rss_peak - rss0) / 1024}
+            "peak_rss_mib": (rss_peak - rss0) / 1024, "theta_steps_done": len(trace)}
     return _params(model), cost, trace
 
 
 # ---------------------------------------------------------------- the grid
 def _key(r: dict) -> str:
-    return "|".join(str(r[k]) for k in ("reward_name", "T", "method", "seed", "kl_weight",
-                                         "theta_steps", "pop_size", "lr"))
+    key = "|".join(str(r[k]) for k in ("reward_name", "T", "method", "seed", "kl_weight",
+                                        "theta_steps", "pop_size", "lr"))
+    return key if r.get("time_budget") is None else f"{key}|budget{r['time_budget']:g}"
+
+
+def _budget(steps: tuple) -> str:
+    """Title/file-name part of a group's ``(theta_steps, lr, time_budget)``."""
+    return "" if steps[2] is None else f"_budget{steps[2]:g}s"
 
 
 def plan(bench: BenchConfig) -> list[dict]:
@@ -414,6 +431,8 @@ def plan(bench: BenchConfig) -> list[dict]:
     for j in jobs:
         j.update(theta_steps=bench.theta_steps, pop_size=bench.pop_size,
                  lr=bench.lr[j["reward_name"]])
+        if bench.time_budget is not None:
+            j["time_budget"] = bench.time_budget
     return jobs
 
 
@@ -534,7 +553,8 @@ def run(args: argparse.Namespace) -> dict:
         params, cost, trace = run_one(job["method"], model, ref, sched,
                                       rewards[job["reward_name"]], cfg, job["theta_steps"],
                                       f"{job['reward_name']} T={t_total} {job['method']} "
-                                      f"s{seed} λ={job['kl_weight']}")
+                                      f"s{seed} λ={job['kl_weight']}",
+                                      job.get("time_budget"))
         after, x0 = evaluate(model, params, ref, sched, noise, rewards, classifier,
                              bench.target_class, reference)
         row = {**job, **after, **cost, "load_avg": load, "trace": trace,
@@ -569,11 +589,16 @@ def _ms(vals: list[float]) -> str:
     return f"{statistics.mean(vals):.4g} ± {statistics.stdev(vals):.2g}"
 
 
+def _steps(r: dict) -> tuple:
+    """A run's ``(theta_steps, lr, time_budget)``: what its θ-step count depends on."""
+    return r["theta_steps"], r["lr"], r.get("time_budget")
+
+
 def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
     g: dict[tuple, list[dict]] = {}
     for r in rows:
-        g.setdefault((r["reward_name"], r["T"], r["kl_weight"], (r["theta_steps"], r["lr"]),
-                      r["method"]), []).append(r)
+        g.setdefault((r["reward_name"], r["T"], r["kl_weight"], _steps(r), r["method"]),
+                     []).append(r)
     return g
 
 
@@ -581,7 +606,10 @@ def summary_table(rows: list[dict]) -> str:
     out = []
     for (reward, t_total, lam, steps, method), rs in _groups(rows).items():
         out.append({"reward": reward, "T": t_total, "λ": lam, "θ steps": steps[0],
-                    "lr": steps[1], "method": method, "seeds": len(rs),
+                    "lr": steps[1], "budget s": "" if steps[2] is None else f"{steps[2]:g}",
+                    "steps done": _ms([r.get("theta_steps_done", r["theta_steps"])
+                                       for r in rs]),
+                    "method": method, "seeds": len(rs),
                     "reward before": _ms([r["reward_before"] for r in rs]),
                     "reward after": _ms([r["reward_after"] for r in rs]),
                     "p(class)": _ms([r["p_class"] for r in rs]),
@@ -598,8 +626,8 @@ def summary_table(rows: list[dict]) -> str:
 def ratio_table(rows: list[dict]) -> str:
     """Each method's time per θ step and peak memories relative to ``unrolled`` at the same
     (reward, T, λ, θ steps), seed by seed (same process, next to each other)."""
-    by = {(r["reward_name"], r["T"], r["kl_weight"], (r["theta_steps"], r["lr"]), r["seed"],
-           r["method"]): r for r in rows}
+    by = {(r["reward_name"], r["T"], r["kl_weight"], _steps(r), r["seed"], r["method"]): r
+          for r in rows}
     out = []
     for (reward, t_total, lam, steps, method), rs in _groups(rows).items():
         if method == "unrolled":
@@ -609,7 +637,8 @@ def ratio_table(rows: list[dict]) -> str:
         if not pairs:
             continue
         out.append({"reward": reward, "T": t_total, "λ": lam, "θ steps": steps[0],
-                    "lr": steps[1], "method": method, "pairs": len(pairs),
+                    "lr": steps[1], "budget s": "" if steps[2] is None else f"{steps[2]:g}",
+                    "method": method, "pairs": len(pairs),
                     "time/θ step ÷ unrolled": _ms([a["step_ms"] / b["step_ms"] for a, b in pairs]),
                     "autograd ÷ unrolled": _ms([a["peak_autograd_mib"] /
                                                max(b["peak_autograd_mib"], 1e-9)
@@ -653,9 +682,11 @@ def save_curves(out: Path, rows: list[dict], suffix: str) -> list[Path]:
         for ax in axes:
             ax.set_ylabel(f"training reward ({reward})")
         axes[1].legend(fontsize=7)
-        fig.suptitle(f"{reward}, T={t_total}, λ={lam}, {steps[0]} θ steps, lr {steps[1]}",
-                     fontsize=10)
-        p = out / f"curves_{reward}_T{t_total}_steps{steps[0]}_lr{steps[1]}{suffix}.png"
+        cap = "" if steps[2] is None else f", {steps[2]:g} s budget"
+        fig.suptitle(f"{reward}, T={t_total}, λ={lam}, {steps[0]} θ steps{cap}, lr "
+                     f"{steps[1]}", fontsize=10)
+        p = out / (f"curves_{reward}_T{t_total}_steps{steps[0]}_lr{steps[1]}{_budget(steps)}"
+                   f"{suffix}.png")
         save_figure(fig, p)
         paths.append(p)
     return paths
@@ -680,10 +711,12 @@ def save_reward_kl(out: Path, rows: list[dict], suffix: str) -> list[Path]:
         ax.set_xscale("symlog", linthresh=1e-2)
         ax.set_xlabel("path KL to the pretrained model")
         ax.set_ylabel(f"reward after ({reward})")
-        ax.set_title(f"reward-KL over λ: {reward}, T={t_total}, {steps[0]} θ steps, lr "
-                     f"{steps[1]}", fontsize=9)
+        cap = (f"{steps[0]} θ steps" if steps[2] is None else
+               f"{steps[2]:g} s of wall clock each")
+        ax.set_title(f"reward-KL over λ: {reward}, T={t_total}, {cap}, lr {steps[1]}",
+                     fontsize=9)
         ax.legend(fontsize=7)
-        p = out / f"reward_kl_{reward}_T{t_total}_lr{steps[1]}{suffix}.png"
+        p = out / f"reward_kl_{reward}_T{t_total}_lr{steps[1]}{_budget(steps)}{suffix}.png"
         save_figure(fig, p)
         paths.append(p)
     return paths
@@ -721,14 +754,14 @@ def save_grids(out: Path, rows: list[dict], images: dict, suffix: str) -> list[P
     seen: dict = {}
     first_seed: dict = {}
     for r in rows:
-        g = (r["reward_name"], r["T"], r["kl_weight"], r["theta_steps"], r["lr"], r["method"])
+        g = (r["reward_name"], r["T"], r["kl_weight"], _steps(r), r["method"])
         first_seed[g] = min(first_seed.get(g, r["seed"]), r["seed"])
     for r in rows:
         k = _key(r)
-        g = (r["reward_name"], r["T"], r["kl_weight"], r["theta_steps"], r["lr"], r["method"])
+        g = (r["reward_name"], r["T"], r["kl_weight"], _steps(r), r["method"])
         if k in images and r["seed"] == first_seed[g]:
-            seen.setdefault(g[:5], []).append((r["method"], images[k]))
-    for (reward, t_total, lam, steps, lr), ims in seen.items():
+            seen.setdefault(g[:4], []).append((r["method"], images[k]))
+    for (reward, t_total, lam, steps), ims in seen.items():
         pre = next((v for k, v in images.items() if k.startswith(f"pretrained|T{t_total}|")),
                    None)
         panels = ([("pretrained", pre)] if pre is not None else []) + sorted(
@@ -739,9 +772,11 @@ def save_grids(out: Path, rows: list[dict], images: dict, suffix: str) -> list[P
             ax.imshow(image_grid(x[:32], cols=4).numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_title(name, fontsize=8)
             ax.axis("off")
-        fig.suptitle(f"{reward}, T={t_total}, λ={lam}, lr {lr}, after {steps} θ steps (same "
+        after = f"{steps[0]} θ steps" if steps[2] is None else f"{steps[2]:g} s"
+        fig.suptitle(f"{reward}, T={t_total}, λ={lam}, lr {steps[1]}, after {after} (same "
                      "noise)", fontsize=9)
-        p = out / f"samples_{reward}_T{t_total}_lam{lam}_steps{steps}_lr{lr}{suffix}.png"
+        p = out / (f"samples_{reward}_T{t_total}_lam{lam}_steps{steps[0]}_lr{steps[1]}"
+                   f"{_budget(steps)}{suffix}.png")
         save_figure(fig, p)
         paths.append(p)
     return paths
