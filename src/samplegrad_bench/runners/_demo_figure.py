@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from samplegrad_bench._common import save_figure
+from samplegrad_bench._common import pyplot, save_figure
 from samplegrad_bench.runners import _demo_parts as parts
 from samplegrad_bench.tasks.mixtures import (
     REWARD_CENTER,
@@ -49,10 +49,7 @@ def _mosaic(images: torch.Tensor, cols: int = 6, side: int = 8) -> torch.Tensor:
 
 def figure(cat: tuple, imp: tuple, spec: tuple, path: Path) -> Path:
     """Write the three-panel figure of the parts' ``(summary, plot)`` pairs to ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig = plt.figure(figsize=(18, 7.8), layout="constrained")
     f1, f2, f3 = fig.subfigures(1, 3, width_ratios=[1.05, 1.35, 1.0], wspace=0.02)

@@ -64,7 +64,7 @@ from samplegrad.implicit.finetune import (
     unrolled_step,
 )
 from samplegrad_bench._args import MissingInputError, UsageError
-from samplegrad_bench._common import progress, save_figure, saved_tensor_bytes, write_json
+from samplegrad_bench._common import progress, pyplot, save_figure, saved_tensor_bytes, write_json
 from samplegrad_bench.data import load_digits
 from samplegrad_bench.runners.finetune import (
     _STUDY_NAMES,
@@ -354,10 +354,7 @@ def memory_table(mem_rows: list[dict], cpu_rows: list[dict]) -> str:
 
 def save_memory_plot(path: Path, mem_rows: list[dict], cpu_rows: list[dict]) -> None:
     """Peak tensor memory and CPU time per theta step against T, one line per design."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     cpu = {(r["T"], r["design"]): r["cpu_ms_step"] for r in cpu_rows}
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
@@ -529,10 +526,7 @@ _COLORS = {"full": "C0", "recompute": "C1", "unrolled": "C2", "delay2": "C4", "d
 def save_stale_plot(path: Path, rows: list[dict], kl_weight: float) -> None:
     """p(digit) and path KL against theta steps, one panel column per lr, one line per run
     (the runs at path-KL weight ``kl_weight``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     g = _groups(rows)
     lrs = sorted({k[3] for k in g})

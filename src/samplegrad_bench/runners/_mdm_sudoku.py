@@ -23,7 +23,7 @@ import torch
 
 from samplegrad.discrete import GuidanceConfig, load_model, make_guide, sample
 from samplegrad.discrete import finetune as ft
-from samplegrad_bench._common import Timer
+from samplegrad_bench._common import Timer, pyplot
 from samplegrad_bench.runners.mdm_finetune import ft_config
 from samplegrad_bench.tasks.mdm_objectives import (
     FINETUNE_PUZZLE_SEED,
@@ -148,10 +148,7 @@ def summary(rows: list[dict], base: dict) -> list[dict]:
 
 
 def plot(summary_rows: list[dict], curves: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from samplegrad_bench._common import save_figure
 

@@ -77,6 +77,7 @@ from samplegrad_bench._common import (
     Timer,
     markdown_table,
     progress,
+    pyplot,
     read_results,
     save_figure,
     saved_tensor_bytes,
@@ -385,10 +386,7 @@ def _grid(img: Tensor, cols: int = 8) -> Tensor:
 
 
 def save_grids(path: Path, grids: dict[str, Tensor], title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(grids), figsize=(3.2 * len(grids), 3.6), squeeze=False)
     for ax, (name, img) in zip(axes[0], grids.items()):
@@ -400,10 +398,7 @@ def save_grids(path: Path, grids: dict[str, Tensor], title: str) -> None:
 
 
 def save_scaling_plot(path: Path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     keys = [("activation_kib", "autograd activations (KiB)"),

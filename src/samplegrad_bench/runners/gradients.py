@@ -36,6 +36,7 @@ from samplegrad_bench._args import comma_list, int_at_least
 from samplegrad_bench._common import (
     markdown_table,
     progress,
+    pyplot,
     save_figure,
     seed_all,
     write_json,
@@ -279,10 +280,7 @@ def caption(problem: GradientProblem, cfg: GradientsConfig) -> str:
 
 def plot(rows: list[dict[str, Any]], problems: list[str], path: Path) -> None:
     """MSE/‖g‖² against the cost of one estimate, every setting, one panel per problem."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(dict.fromkeys(r["estimator"] for r in rows))
     cmap = plt.get_cmap("tab20")

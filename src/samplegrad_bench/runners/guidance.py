@@ -42,6 +42,7 @@ from samplegrad_bench._common import (
     markdown_table,
     peak_rss_mb,
     progress,
+    pyplot,
     save_figure,
     saved_tensor_bytes,
     write_json,
@@ -174,10 +175,7 @@ def run_digits(model, method: str, cfg: BenchConfig, classifier,
 
 
 def _plot_digits(samples: dict[str, torch.Tensor], path: Path, n: int = 10) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(samples)
     fig, axes = plt.subplots(len(names), n, figsize=(n * 0.6 + 1.8, len(names) * 0.62 + 0.3))
@@ -194,10 +192,7 @@ def _plot_digits(samples: dict[str, torch.Tensor], path: Path, n: int = 10) -> N
 
 
 def _plot_sudoku(puzzle: torch.Tensor, grids: dict[str, torch.Tensor], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from samplegrad_bench.tasks.sudoku import UNITS
 
@@ -230,10 +225,7 @@ def _plot_sudoku(puzzle: torch.Tensor, grids: dict[str, torch.Tensor], path: Pat
 
 
 def _plot_tradeoff(rows: list[dict], task: str, metric: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=False)
     for ax, ck in zip(axes, ("early", "final")):

@@ -31,6 +31,7 @@ from samplegrad.implicit.langevin_baselines import BaselineConfig, nested_step, 
 from samplegrad_bench._args import nonneg_float, positive_int
 from samplegrad_bench._common import (
     markdown_table,
+    pyplot,
     save_figure,
     saved_tensor_bytes,
     write_json,
@@ -138,10 +139,7 @@ def _run(name: str, step_fn, cfg: LangevinConfig, n_steps: int, theta0: torch.Te
 
 
 def _plot(runs: list[dict], theta0: torch.Tensor, x0: torch.Tensor, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     centers = hexagon_centers(dtype=torch.float64)
     u = torch.linspace(-8, 8, 161, dtype=torch.float64)

@@ -43,6 +43,7 @@ from samplegrad_bench._common import (
     Timer,
     markdown_table,
     progress,
+    pyplot,
     save_figure,
     saved_tensor_bytes,
     write_json,
@@ -190,10 +191,7 @@ def _summary(rows: list[dict], base: dict) -> list[dict]:
 
 
 def _plot(summary: list[dict], curves: dict[str, list[float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     markers = {"pretrained": "*", "unrolled": "o", "truncated": "s", "queue": "^",

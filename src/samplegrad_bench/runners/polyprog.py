@@ -34,6 +34,7 @@ from samplegrad_bench._common import (
     Timer,
     markdown_table,
     progress,
+    pyplot,
     save_figure,
     seed_all,
     write_json,
@@ -241,10 +242,7 @@ def tables(result: dict[str, Any], cfg: PolyProgConfig) -> str:
 
 def plot(result: dict[str, Any], cfg: PolyProgConfig, path: Path) -> None:
     """Gap to the optimum against the step (mean over seeds), one panel per power."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(cfg.powers), figsize=(5 * len(cfg.powers), 4),
                              squeeze=False)

@@ -57,7 +57,7 @@ from samplegrad.diffusion import (
 from samplegrad.implicit.finetune import FinetuneConfig, finetune_init, finetune_step
 from samplegrad.spectral import GaussianMixture, SpectralEps, random_mixture
 from samplegrad_bench._args import comma_list, positive_int
-from samplegrad_bench._common import Timer, markdown_table, save_figure, write_json
+from samplegrad_bench._common import Timer, markdown_table, pyplot, save_figure, write_json
 
 METHODS = ("tilt", "implicit-spectral", "implicit-ddpm")
 
@@ -352,10 +352,7 @@ def digits_section(cfg: BenchConfig, seed: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- report
 def plot(res: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [(f"GMM d={d}", [r for r in res["gmm"]["rows"] if r["d"] == d])
               for d in res.get("gmm", {}).get("dims", [])]
@@ -452,10 +449,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _plot_images(images: dict[str, Tensor], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(images)
     fig, axes = plt.subplots(n, 1, figsize=(8, 0.75 * n + 0.3), squeeze=False)

@@ -45,6 +45,7 @@ from samplegrad_bench._common import (
     Timer,
     markdown_table,
     progress,
+    pyplot,
     read_results,
     save_figure,
     seed_all,
@@ -291,10 +292,7 @@ def table_rows(results: dict[str, Any], cfg: SudokuConfig) -> list[dict[str, Any
 
 def plot(results: dict[str, Any], cfg: SudokuConfig, path: Path) -> Path:
     """Fraction solved (argmax) vs step, one panel per difficulty, one line per estimator."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(cfg.difficulties), figsize=(4.2 * len(cfg.difficulties), 3.6),
                              sharey=True, squeeze=False)

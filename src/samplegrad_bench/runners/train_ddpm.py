@@ -43,7 +43,7 @@ from samplegrad.checkpoint import (
 )
 from samplegrad.diffusion import EpsMLP, EpsUNet, ddpm_loss, linear_alpha_bars
 from samplegrad_bench._args import MissingInputError, positive_int
-from samplegrad_bench._common import progress, save_figure, write_json
+from samplegrad_bench._common import progress, pyplot, save_figure, write_json
 from samplegrad_bench.data import load_digits
 from samplegrad_bench.paths import cache_dir
 
@@ -283,10 +283,7 @@ def save_fashion_figure(path: Path, summary: dict, weights: Path, n: int = 64,
                         n_steps: int = 100) -> None:
     """The loss curve and a grid of ``n`` samples (``n_steps``-step ancestral sampler, seed 0)
     of the Fashion-MNIST DDPM at ``weights``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from samplegrad.diffusion import draw_noise, sample, sampling_schedule
 

@@ -40,7 +40,14 @@ from samplegrad.discrete import (
     train_step,
 )
 from samplegrad_bench._args import positive_int
-from samplegrad_bench._common import Timer, markdown_table, progress, save_figure, write_json
+from samplegrad_bench._common import (
+    Timer,
+    markdown_table,
+    progress,
+    pyplot,
+    save_figure,
+    write_json,
+)
 from samplegrad_bench.paths import cache_dir
 from samplegrad_bench.tasks.mdm_objectives import digit_tokens, sudoku_grid, sudoku_tokens
 
@@ -237,10 +244,7 @@ def _plot_losses(out_dir: Path, path: Path) -> None:
     """Loss curves of every task whose ``train_mdm_TASK.json`` exists in ``out_dir``."""
     import json
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for task in (*TASKS, *EXTRA_TASKS):

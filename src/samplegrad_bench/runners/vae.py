@@ -27,7 +27,14 @@ import torch
 
 from samplegrad.checkpoint import load_checkpoint, remove_checkpoint
 from samplegrad_bench._args import comma_list, positive_int, seed_list
-from samplegrad_bench._common import Timer, markdown_table, progress, save_figure, write_json
+from samplegrad_bench._common import (
+    Timer,
+    markdown_table,
+    progress,
+    pyplot,
+    save_figure,
+    write_json,
+)
 from samplegrad_bench._merge import (
     add_merge_argument,
     check_same,
@@ -245,10 +252,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def plot_curves(results: list[dict[str, Any]], title: str, path: Path) -> Path:
     """Training −ELBO (moving average, mean over seeds) against steps, one line each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     by: dict[str, list[list[list[float]]]] = {}
     for r in results:
