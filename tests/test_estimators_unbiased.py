@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import samplegrad as sg
 from samplegrad.categorical import get_method
-from samplegrad.categorical.unordered_set import _beam_search
+from samplegrad.categorical.unordered_set import _beam_search, _log_set_prob
 
 DT = torch.float64
 HYP = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -130,6 +130,31 @@ def test_beam_search_draws_distinct_configurations_with_gumbel_top_k_inclusion()
         exact[c] = p[c] + sum(p[d] * p[c] / (1 - p[d]) for d in range(4) if d != c)
     se = (exact * (1 - exact) / 4000).sqrt()
     assert ((incl - exact).abs() < 5 * se).all(), (incl, exact)
+
+
+@HYP
+@given(m=st.integers(1, 6), seed=st.integers(0, 10_000), excl=st.floats(0.0, 0.5),
+       n_invalid=st.integers(0, 2))
+def test_set_probability_dynamic_programme_matches_the_sum_over_orders(m, seed, excl,
+                                                                       n_invalid):
+    # the set's probability by brute force: every order of its valid items, drawn without
+    # replacement from a domain whose excluded mass is `excl`
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand(m + 2, generator=g, dtype=DT)
+    p = (1 - excl) * p / p.sum()  # m set items and 2 others share the non-excluded mass
+    lp = p[:m].log()
+    valid = torch.ones(m, dtype=torch.bool)
+    valid[:min(n_invalid, m - 1)] = False
+    items = [float(p[i]) for i in range(m) if valid[i]]
+    brute = 0.0
+    for order in itertools.permutations(items):
+        term, left = 1.0, 1 - excl
+        for q in order:
+            term *= q / left
+            left -= q
+        brute += term
+    got = _log_set_prob(lp, valid, torch.tensor(excl, dtype=DT))
+    assert math.isclose(float(got.exp()), brute, rel_tol=1e-9), (float(got.exp()), brute)
 
 
 def test_unordered_set_exact_when_the_set_is_everything():

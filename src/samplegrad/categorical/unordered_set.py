@@ -6,14 +6,14 @@ The joint of independent categorical variables is sampled without replacement by
 over all configurations, done exactly and without enumerating them by stochastic beam search
 (one variable at a time, ``k`` partial configurations kept, each child's perturbed
 log-probability conditioned on its parent's). The set probabilities the weights need are
-sums over the ``k!`` orders of the set, computed in log space (``n_samples <= 8``). The math
+sums over the ``k!`` orders of the set, computed in log space by dynamic programming over
+its ``2^k`` subsets (``n_samples <= 8``). The math
 is in ``docs/methods.md`` (section ``unordered-set``).
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 
 import torch
@@ -84,12 +84,9 @@ def _beam_search(logp: torch.Tensor, k: int, generator):
 
 @functools.lru_cache(maxsize=64)
 def _index_table(kind: str, k: int, device: torch.device) -> torch.Tensor:
-    """Cached index tables: ``"perm"``: all orders of ``k`` items ``(k!, k)``; ``"drop1"``:
-    item ``i`` left out ``(k, k-1)``; ``"drop2"``: items ``i, j`` left out ``(k, k, k-2)``
-    (for ``i == j`` one more item is dropped; those entries are unused)."""
-    if kind == "perm":
-        rows = list(itertools.permutations(range(k)))
-        return torch.tensor(rows, dtype=torch.long, device=device).reshape(-1, k)
+    """Cached index tables: ``"drop1"``: item ``i`` left out ``(k, k-1)``; ``"drop2"``: items
+    ``i, j`` left out ``(k, k, k-2)`` (for ``i == j`` one more item is dropped; those entries
+    are unused)."""
     if kind == "drop1":
         rows = [[j for j in range(k) if j != i] for i in range(k)]
         return torch.tensor(rows, dtype=torch.long, device=device).reshape(k, k - 1)
@@ -97,8 +94,24 @@ def _index_table(kind: str, k: int, device: torch.device) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long, device=device).reshape(k, k, k - 2)
 
 
-def _perms(m: int, device) -> torch.Tensor:
-    return _index_table("perm", m, device)
+@functools.lru_cache(maxsize=64)
+def _subsets(m: int, device: torch.device):
+    """The ``2^m`` subsets of ``m`` items, ordered by size (the empty set first, the full set
+    last): membership ``(2^m, m)`` and, per size ``c = 1..m``, the position of each subset of
+    that size with item ``i`` removed ``(L_c, m)`` and whether item ``i`` is in it
+    ``(L_c, m)``."""
+    order = sorted(range(1 << m), key=lambda s: (bin(s).count("1"), s))
+    pos = {s: n for n, s in enumerate(order)}
+    bits = [[bool(s >> i & 1) for i in range(m)] for s in order]
+    layers = []
+    for c in range(1, m + 1):
+        masks = [s for s in order if bin(s).count("1") == c]
+        # (an item not in the subset points at the empty set: masked out, any computed entry)
+        layers.append((torch.tensor([[pos[s & ~(1 << i)] if s >> i & 1 else 0
+                                      for i in range(m)] for s in masks],
+                                    dtype=torch.long, device=device),
+                       torch.tensor([bits[pos[s]] for s in masks], device=device)))
+    return torch.tensor(bits, device=device), layers
 
 
 def _log_set_prob(lp: torch.Tensor, valid: torch.Tensor, excl: torch.Tensor) -> torch.Tensor:
@@ -106,23 +119,30 @@ def _log_set_prob(lp: torch.Tensor, valid: torch.Tensor, excl: torch.Tensor) -> 
     mass ``excl`` first draws exactly the valid items of each set, in any order.
 
     ``lp``: ``(..., m)`` log-probabilities (under the full distribution), ``valid`` ``(..., m)``
-    (invalid items are transparent), ``excl`` ``(...)``. Sums the ``m!`` orders:
-    ``prod_i p_i / (1 - excl - sum_{j<i} p_j)``, then divides by ``m! / m_valid!`` (each
-    order of the valid items appears that many times among the orders of all ``m``).
+    (invalid items are transparent), ``excl`` ``(...)``. The sum over the ``m!`` orders of
+    ``prod_i p_i / (1 - excl - sum_{j<i} p_j)`` is built by dynamic programming over the
+    ``2^m`` subsets (a subset's value sums, over its last item, the value without that item
+    times the item's factor), then divided by ``m! / m_valid!`` (each order of the valid
+    items appears that many times among the orders of all ``m``). Cost ``O(2^m m)``.
     """
     m = lp.shape[-1]
     if m == 0:
         return torch.zeros_like(excl)
-    perm = _perms(m, lp.device)  # (P, m)
-    lpp = lp[..., perm]  # (..., P, m)
-    vp = valid[..., perm]
-    p = torch.where(vp, lpp.exp(), torch.zeros_like(lpp))
-    before = p.cumsum(-1) - p
-    rem = (1 - excl[..., None, None] - before).clamp_min(torch.finfo(lp.dtype).tiny)
-    terms = torch.where(vp, lpp - torch.log(rem), torch.zeros_like(lpp))
-    total = torch.logsumexp(terms.sum(-1), -1)
+    bits, layers = _subsets(m, lp.device)
+    p = torch.where(valid, lp.exp(), torch.zeros_like(lp))
+    mass = p @ bits.T.to(lp.dtype)  # (..., 2^m): probability of each subset's items
+    rem = (1 - excl[..., None] - mass).clamp_min(torch.finfo(lp.dtype).tiny)
+    # log factor of drawing item i right after the items of a subset: (..., 2^m, m)
+    lf = torch.where(valid[..., None, :], lp[..., None, :] - torch.log(rem)[..., :, None],
+                     torch.zeros((), dtype=lp.dtype, device=lp.device))
+    logdp = torch.zeros_like(mass[..., :1])  # the empty set; grows one size at a time
+    col = torch.arange(m, device=lp.device)
+    neg = torch.tensor(-math.inf, dtype=lp.dtype, device=lp.device)
+    for prev, has in layers:
+        cand = torch.where(has, logdp[..., prev] + lf[..., prev, col], neg)
+        logdp = torch.cat([logdp, torch.logsumexp(cand, -1)], -1)
     mv = valid.sum(-1).to(lp.dtype)
-    return total - math.lgamma(m + 1) + torch.lgamma(mv + 1)
+    return logdp[..., -1] - math.lgamma(m + 1) + torch.lgamma(mv + 1)
 
 
 def _drop(x: torch.Tensor, k: int, n_drop: int) -> torch.Tensor:
@@ -174,13 +194,14 @@ def unordered_set(f: Objective, logits: torch.Tensor, n_samples: int = 4, batch_
     fewer than ``k`` configurations of positive probability, its set is all of them (the
     estimate is exact) and the spare rows repeat one with zero weight. Cost: ``k``
     evaluations of ``f``, ``V`` sequential beam steps of ``O(k K)`` for ``V`` variables per
-    element, and ``O(k! k^2)`` per element for the set probabilities.
+    element, and ``O(2^k k^3)`` per element for the set probabilities.
     """
     check_callable(f)
     check_logits(logits)
     k = _integer(n_samples, "n_samples", 2)
     if k > MAX_SET:
-        raise ValueError(f"n_samples: the unordered-set estimator sums over n_samples! orders;"
+        raise ValueError(f"n_samples: the unordered-set estimator's set probabilities cost"
+                         f" O(2^n_samples) per element;"
                          f" must be an integer in [2, {MAX_SET}], got {k}")
     nb = _integer(batch_dims, "batch_dims", 0)
     if nb > logits.dim() - 1:
