@@ -83,6 +83,9 @@ def test_smooth_curve_and_summary():
     rows = summarize(runs + [{**runs[0], "estimator": "b", "test_neg_iwae": 0.5}])
     assert [r["estimator"] for r in rows] == ["b", "a"]
     assert rows[1]["test −IWAE"] == "2.00 ± 1.41" and rows[1]["knobs"] == "t1=0.5"
+    # RELAX's default control=None is shown as the per-run control variate it trains with
+    relax = summarize([{**runs[0], "estimator": "relax", "knobs": {"tau": 0.5, "control": None}}])
+    assert relax[0]["knobs"] == "tau=0.5, control=learned, one per run"
 
 
 def _vae_results(names, value, seeds=(0,), **settings):

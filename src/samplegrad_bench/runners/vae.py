@@ -212,7 +212,7 @@ def run_one(s: Settings, estimator: str, seed: int, train: torch.Tensor, test: t
     result = {
         "estimator": estimator, "seed": seed, "n_samples": tc.n_samples,
         "knobs": ({"baseline": f"EMA({tc.baseline_decay:g}) of past loss"}
-                  if estimator == "reinforce" else tc.knobs),
+                  if estimator == "reinforce" else _shown_knobs(tc.knobs)),
         "train_neg_elbo": sum(state.history[-n_tail:]) / n_tail,
         "test_neg_elbo": test_nelbo, "test_neg_iwae": test_iwae,
         "train_seconds": prior_seconds + t_train.seconds,
@@ -221,6 +221,14 @@ def run_one(s: Settings, estimator: str, seed: int, train: torch.Tensor, test: t
     }
     save_train_state(path, state, result=result, train_seconds=result["train_seconds"])
     return result
+
+
+def _shown_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
+    """``knobs`` as a row shows them: RELAX's ``control=None`` default is replaced by the
+    per-run control variate that training gives it (``with_state``)."""
+    if "control" in knobs and knobs["control"] is None:
+        return {**knobs, "control": "learned, one per run"}
+    return knobs
 
 
 def _pm(vals: list[float]) -> str:
@@ -237,7 +245,7 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         by.setdefault(r["estimator"], []).append(r)
     rows = []
     for name, rs in by.items():
-        knobs = ", ".join(f"{k}={v}" for k, v in rs[0]["knobs"].items()) or "-"
+        knobs = ", ".join(f"{k}={v}" for k, v in _shown_knobs(rs[0]["knobs"]).items()) or "-"
         rows.append({
             "estimator": name, "knobs": knobs, "S": rs[0]["n_samples"], "seeds": len(rs),
             "train −ELBO": _pm([r["train_neg_elbo"] for r in rs]),
