@@ -114,6 +114,11 @@ def test_merge_takes_the_runs_estimators_and_refuses_other_settings(tmp_path, ca
     assert "Skipped x: binary variables only." in merged["header"]
     assert "rloo, disarm come from a separate run with seeds [0]" in merged["header"]
     assert [p["methods"] for p in merged["provenance"]] == [["redge"], ["rloo", "disarm"]]
+    # a later run of the same estimators replaces the earlier merge's note, not only its rows
+    again = merge_results(merged, {**run, "run_info": {"started": "later"}}, "elsewhere")
+    assert again["header"].count("Merged:") == 1 and "(later;" in again["header"]
+    partial = merge_results(merged, _vae_results(["disarm"], 18.0), "elsewhere")
+    assert partial["header"].count("Merged:") == 2  # rloo's rows still come from the first
     with pytest.raises(MergeError, match="lr"):
         merge_results(base, _vae_results(["disarm"], 1.0, lr=1.0), "x")
     for d, res in (("out", base), ("run", run)):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import statistics
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -320,6 +321,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 _NEW_SETTINGS = ("iwae_train_samples", "iwae_estimators")
 
 
+_MERGED_NOTE = re.compile(r" Merged: the rows of (.+?) come from a separate run .+?"
+                          r"with the other rows'\.")
+
+
 def merge_results(base: dict[str, Any], run: dict[str, Any], run_dir: str | Path
                   ) -> dict[str, Any]:
     """One cell's ``base`` results with the runs of ``run``'s estimators replaced by
@@ -334,7 +339,9 @@ def merge_results(base: dict[str, Any], run: dict[str, Any], run_dir: str | Path
     old = list(dict.fromkeys(r["estimator"] for r in base["runs"]))
     runs = replace_rows(base["runs"], run["runs"], new)
     seeds = sorted({r["seed"] for r in run["runs"]})
-    header = base["header"]
+    # an earlier merge's note goes when this run replaces every estimator it named
+    header = _MERGED_NOTE.sub(
+        lambda m: "" if set(m.group(1).split(", ")) <= set(new) else m.group(0), base["header"])
     for sentence in run["header"].split(". "):  # the IWAE rows' and skipped estimators' notes
         if sentence.startswith(("Rows 'NAME (IWAE)'", "Skipped")) and sentence not in header:
             header += " " + sentence.rstrip(".") + "."
