@@ -76,6 +76,14 @@ def test_cli_quick_smoke_writes_json_and_plot(tmp_path, capsys):
     assert main(argv + ["--resume"]) == 0
     again = json.loads((tmp_path / "sudoku_quick.json").read_text())
     assert again["results"]["redge"]["curve"] == data["results"]["redge"]["curve"]
+    # a run of other estimators into the same folder adds its rows to the earlier ones
+    other = [a if a != "redge,rloo" else "straight_through" for a in argv]
+    assert main(other) == 0
+    both = json.loads((tmp_path / "sudoku_quick.json").read_text())
+    assert set(both["results"]) == {"redge", "rloo", "straight_through"}
+    assert both["results"]["redge"]["curve"] == data["results"]["redge"]["curve"]
+    assert set(both["settings"]["knobs"]) == {"redge", "rloo", "straight_through"}
+    assert {r["estimator"] for r in both["rows"]} == {"redge", "rloo", "straight_through"}
 
 
 def test_bad_settings_are_usage_errors(tmp_path, capsys):

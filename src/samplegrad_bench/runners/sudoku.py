@@ -18,9 +18,10 @@ Commands (results under ``runs/sudoku/``; ``--publish``: ``docs/results/sudoku/`
     samplegrad bench sudoku --tuned --threads 1   # 3 x 34 puzzles, 1000 steps -> sudoku.json
     samplegrad bench sudoku --quick               # 3 x 4 puzzles, 100 steps -> sudoku_quick.json
 
-The JSON is rewritten after every estimator; a rerun with the same settings reuses the
+The JSON is rewritten after every estimator; a rerun with the same settings keeps the
 estimators already in it (an interrupted run resumes and writes the same files, timings
-aside); ``--fresh`` starts over.
+aside; a run of other ``--methods`` adds their rows to the earlier ones); ``--fresh`` starts
+over.
 """
 
 from __future__ import annotations
@@ -325,7 +326,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="score-function estimators see the summed penalty of all puzzles")
     p.add_argument("--fresh", action="store_true",
                    help="start over: ignore the estimators already in OUT/TAG.json (by "
-                        "default a rerun with the same settings reuses them and runs the rest)")
+                        "default a rerun with the same settings keeps them, reuses those asked "
+                        "for again at the same knobs, and runs the rest)")
     p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)  # the default now
     p.add_argument("--sweep", action="store_true",
                    help="knob sweep (SWEEP) on a disjoint puzzle set (seed + 1000), default 4 "
@@ -478,11 +480,19 @@ def run(args: argparse.Namespace) -> dict:
     results: dict[str, Any] = {}
     info = run_info()
     if not getattr(args, "fresh", False) and json_path.exists():
+        # the estimators already in OUT with the same settings stay (an earlier --methods run
+        # or an interrupted one); one asked for again is reused only at the same knobs
         old = read_results(json_path, "results", dict)
-        same = {k: v for k, v in old.get("settings", {}).items() if k != "methods"}
-        mine = {k: v for k, v in _plain(settings).items() if k != "methods"}
+        skip = ("methods", "knobs")
+        same = {k: v for k, v in old.get("settings", {}).items() if k not in skip}
+        mine = {k: v for k, v in _plain(settings).items() if k not in skip}
         if same == mine:
-            results = {n: r for n, r in old["results"].items() if n in names}
+            old_knobs = old["settings"].get("knobs", {})
+            mine_knobs = _plain(settings["knobs"])
+            results = {n: r for n, r in old["results"].items()
+                       if n not in names or old_knobs.get(n) == mine_knobs.get(n)}
+            settings["knobs"] = {**{n: old_knobs[n] for n in results if n in old_knobs},
+                                 **settings["knobs"]}
     puzzles, groups = load_puzzles(cfg)
     sizes = ", ".join(f"{len(i)} {d} ({S.DIFFICULTY_CLUES[d]} clues)" for d, i in groups.items())
     print(f"Sudoku without a prior: {len(puzzles)} puzzles ({sizes}), seed {cfg.seed}")
