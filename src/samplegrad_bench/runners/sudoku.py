@@ -484,13 +484,13 @@ def run(args: argparse.Namespace) -> dict:
         # or an interrupted one); one asked for again is reused only at the same knobs
         old = read_results(json_path, "results", dict)
         skip = ("methods", "knobs")
+        plain = _plain(settings)
         same = {k: v for k, v in old.get("settings", {}).items() if k not in skip}
-        mine = {k: v for k, v in _plain(settings).items() if k not in skip}
+        mine = {k: v for k, v in plain.items() if k not in skip}
         if same == mine:
             old_knobs = old["settings"].get("knobs", {})
-            mine_knobs = _plain(settings["knobs"])
             results = {n: r for n, r in old["results"].items()
-                       if n not in names or old_knobs.get(n) == mine_knobs.get(n)}
+                       if n not in names or old_knobs.get(n) == plain["knobs"].get(n)}
             settings["knobs"] = {**{n: old_knobs[n] for n in results if n in old_knobs},
                                  **settings["knobs"]}
     puzzles, groups = load_puzzles(cfg)
