@@ -144,10 +144,11 @@ def test_bench_full_run_without_weights_names_the_command(fake_env, monkeypatch,
 def test_plan_covers_the_grid():
     bench = fi.BenchConfig(n_steps=(10, 25), seeds=(0, 1), kl_sweep=(0.1,))
     jobs = fi.plan(bench)
-    n_grad = len([m for m in bench.methods if m not in fi.GRADIENT_FREE])
+    n_free = len([m for m in bench.methods if m in fi.GRADIENT_FREE])
     n_all = len(bench.methods)
-    assert len(jobs) == 2 * 2 * 2 * n_all + 2 * 2 * 1 + n_all  # 2 rewards, threshold, sweep
-    assert n_grad == n_all - 1
+    # 2 rewards x 2 T x 2 seeds, threshold only for the gradient-free methods, sweep
+    assert len(jobs) == 2 * 2 * 2 * n_all + 2 * 2 * n_free + n_all
+    assert n_free == 2  # ddpo, ddpo-4
     assert {j["T"] for j in jobs if j["kl_weight"] == 0.1} == {10}
 
 
@@ -169,3 +170,12 @@ def test_time_budget_stops_runs_and_keeps_them_apart(fake_env, monkeypatch):
     assert any("_budget1e-06s_quick.png" in n and n.startswith("curves_") for n in names)
     table = (out / "finetune_images_quick.md").read_text()
     assert "budget s" in table and "steps done" in table
+
+
+def test_method_names_map_to_their_configs():
+    """``draft-K`` backprops through K steps, ``ddpo-K`` takes K inner epochs; plain ``ddpo``
+    one."""
+    assert fi._base_cfg("draft-5", 8, 1e-5, 0.1, 0).grad_steps == 5
+    assert fi._base_cfg("ddpo", 8, 1e-5, 0.1, 0).inner_epochs == 1
+    cfg = fi._base_cfg("ddpo-4", 8, 1e-5, 0.1, 0)
+    assert (cfg.inner_epochs, cfg.pop_size, cfg.lr, cfg.kl_weight) == (4, 8, 1e-5, 0.1)

@@ -11,7 +11,8 @@ with one of the methods (all from the library, same optimizer, same KL):
 * ``unrolled``: full backprop through the T-step sampler; ``unrolled-ckpt``: the same with
   gradient checkpointing per step (AlignProp-style; DRaFT with K = T and ``checkpoint``);
 * ``draft-1``, ``draft-5``: DRaFT-K, backprop through the last K steps only;
-* ``ddpo``: DDPO's clipped policy gradient (the reward is only evaluated).
+* ``ddpo``: DDPO's clipped policy gradient (the reward is only evaluated); ``ddpo-4``: the
+  same with 4 inner epochs (4 optimizer steps on each batch of trajectories).
 
 Rewards on the images: ``brightness`` (mean pixel in [0, 1], clamped), ``classifier`` (log
 p(class) under :func:`samplegrad_bench.tasks.fashion.fashion_classifier`) and ``threshold``
@@ -25,10 +26,10 @@ Cost: ``ms/θ step`` (median over the run's θ steps; the first excluded), the r
 ``peak autograd MiB`` (the most bytes autograd holds for backward at one moment during a θ
 step, weights excluded, by a saved-tensor hook that counts live tensors; the activations
 torch.utils.checkpoint recomputes during its backward are not seen by it) and ``peak RSS MiB``
-(``VmHWM`` growth of this process during the run after a reset, every method having run one
-tiny warm-up step first; glibc's mmap threshold is
-pinned at 64 KiB so freed tensors go back to the OS and runs do not hide in each other's
-cache). The load average is recorded with every run: the machine may be shared.
+(``VmHWM`` growth of this process during the run after a reset, every method having run two
+untimed warm-up θ steps first at the runs' batch size; glibc's mmap threshold is pinned at
+64 KiB so freed tensors go back to the OS and runs do not hide in each other's cache). The
+load average is recorded with every run: the machine may be shared.
 
 Rows are keyed by (reward, T, method, seed, lambda, theta steps, pop size, lr) and merged into
 ``finetune_images.json`` (``--quick``: ``finetune_images_quick.json``) after every run; a rerun
@@ -103,10 +104,10 @@ from samplegrad_bench.tasks.fashion import CLASSES, fashion_classifier, fd_class
 
 SHAPE = (1, 28, 28)
 REWARDS = ("brightness", "classifier", "threshold")
-GRADIENT_FREE = ("ddpo",)  # the methods that can use the threshold reward
+GRADIENT_FREE = ("ddpo", "ddpo-4")  # the methods that can use the threshold reward
 _HAS_PATH_MEMORY = "path_memory" in {f.name for f in dataclasses.fields(FinetuneConfig)}
 METHODS = ("implicit", *(("implicit-recompute",) if _HAS_PATH_MEMORY else ()), "unrolled",
-           "unrolled-ckpt", "draft-1", "draft-5", "ddpo")
+           "unrolled-ckpt", "draft-1", "draft-5", "ddpo", "ddpo-4")
 
 
 @dataclass
@@ -192,7 +193,7 @@ def _settings(args: argparse.Namespace) -> BenchConfig:
     bad = [r for r in cfg.rewards if r not in REWARDS]
     if bad:
         raise UsageError(f"--rewards: unknown {', '.join(bad)} (choose from {', '.join(REWARDS)})")
-    if "ddpo" in cfg.methods and cfg.pop_size < 2:
+    if any(m in GRADIENT_FREE for m in cfg.methods) and cfg.pop_size < 2:
         raise UsageError("--pop-size: DDPO needs at least 2 samples per θ step")
     return cfg
 
@@ -244,8 +245,9 @@ def _base_cfg(method: str, pop: int, lr: float, kl: float, seed: int) -> Finetun
         return DraftConfig(**common, grad_steps=None, checkpoint=True)
     if method.startswith("draft-"):
         return DraftConfig(**common, grad_steps=int(method.split("-")[1]))
-    if method == "ddpo":
-        return DDPOConfig(**common)
+    if method.startswith("ddpo"):
+        epochs = int(method.split("-")[1]) if "-" in method else 1
+        return DDPOConfig(**common, inner_epochs=epochs)
     raise ValueError(f"method: unknown {method!r}")
 
 
@@ -257,7 +259,7 @@ def make_method(method: str, model: torch.nn.Module, sched, cfg: FinetuneConfig,
         fn = finetune_step
     elif method == "unrolled":
         state, fn = [unrolled_init(model, cfg, SHAPE)], unrolled_step
-    elif method == "ddpo":
+    elif method.startswith("ddpo"):
         state, fn = [ddpo_init(model, cfg, SHAPE)], ddpo_step
     else:
         state, fn = [draft_init(model, cfg, SHAPE)], draft_step
@@ -527,10 +529,13 @@ def run(args: argparse.Namespace) -> dict:
     with _locked(json_path):
         merge()
     done = {_key(r) for r in rows}
-    warm = sampling_schedule(alpha_bars, 2)  # lazy library set-up is no method's memory
-    for method in sorted({m for m in bench.methods}):
+    # Warm-up, untimed: two θ steps of every method at the runs' batch size (T at most 10),
+    # so lazy library set-up, allocator growth and first-call costs land in no run's time
+    # or memory (with one tiny step, the first timed runs were a third slower).
+    warm = sampling_schedule(alpha_bars, min(10, *bench.n_steps))
+    for method in progress(sorted(set(bench.methods)), desc="warm-up"):
         run_one(method, model, ref, warm, rewards["classifier"],
-                _base_cfg(method, 2, 1e-6, bench.kl_weight, 0), 1, "")
+                _base_cfg(method, bench.pop_size, 1e-6, bench.kl_weight, 0), 2, "")
 
     for job in progress(jobs, desc="finetune-images"):
         if _key(job) in done:
