@@ -179,3 +179,25 @@ def test_method_names_map_to_their_configs():
     assert fi._base_cfg("ddpo", 8, 1e-5, 0.1, 0).inner_epochs == 1
     cfg = fi._base_cfg("ddpo-4", 8, 1e-5, 0.1, 0)
     assert (cfg.inner_epochs, cfg.pop_size, cfg.lr, cfg.kl_weight) == (4, 8, 1e-5, 0.1)
+
+
+def test_rows_rerun_by_another_invocation_meanwhile_are_kept(fake_env, monkeypatch):
+    """Two invocations share an OUT: rows another one (re)writes while this one runs win
+    over the stale copies this one read at its start (only its own runs win)."""
+    base = ["bench", "finetune-images", "--quick", "--rewards", "brightness", "--threads", "1"]
+    assert _run(monkeypatch, fake_env / "w", base + ["--methods", "draft-1"]) == 0
+    path = fake_env / "w" / "runs" / "finetune-images" / "finetune_images_quick.json"
+    real_run_one = fi.run_one
+
+    def run_one(method, *a, **k):  # the other invocation reruns draft-1 meanwhile
+        if method == "unrolled" and a[6]:  # a timed run (the warm-up has no description)
+            got = json.loads(path.read_text())
+            got["rows"][0]["step_ms"] = -1.0
+            path.write_text(json.dumps(got))
+        return real_run_one(method, *a, **k)
+
+    monkeypatch.setattr(fi, "run_one", run_one)
+    assert _run(monkeypatch, fake_env / "w", base + ["--methods", "draft-1,unrolled"]) == 0
+    rows = {r["method"]: r for r in json.loads(path.read_text())["rows"]}
+    assert set(rows) == {"draft-1", "unrolled"}
+    assert rows["draft-1"]["step_ms"] == -1.0

@@ -508,14 +508,17 @@ def run(args: argparse.Namespace) -> dict:
     jobs = plan(bench)
     redo = {_key(j) for j in jobs} if args.fresh else set()
 
+    ran: set[str] = set()  # the keys this invocation has run: only these win over the file
+
     def merge() -> None:
-        """Rows and pretrained metrics from the file (another invocation may have added
-        some), ours winning; the runs ``--fresh`` redoes are dropped from the file's."""
+        """Rows and pretrained metrics from the file (another invocation may have added or
+        rerun some since we last read it): the file's rows win except for the runs made
+        here; the runs ``--fresh`` redoes are dropped from the file's."""
         if not json_path.exists():
             return
         old = read_results(json_path, "rows", list)
-        mine = {_key(r) for r in rows}
-        rows.extend(r for r in old["rows"] if _key(r) not in mine and _key(r) not in redo)
+        rows[:] = [r for r in rows if _key(r) in ran]
+        rows.extend(r for r in old["rows"] if _key(r) not in ran and _key(r) not in redo)
         for k, v in old.get("pretrained", {}).items():
             evals.setdefault(k, v)
 
@@ -569,6 +572,7 @@ def run(args: argparse.Namespace) -> dict:
                "diverged": not all(map(_finite, (after["path_kl"], after["fd"])))}
         rows.append(row)
         done.add(_key(row))
+        ran.add(_key(row))
         save_checkpoint(_image_file(images_dir, _key(row)), {"x": x0[:64].clone()},
                         keep_previous=False)
         dump()
