@@ -201,3 +201,20 @@ def test_rows_rerun_by_another_invocation_meanwhile_are_kept(fake_env, monkeypat
     rows = {r["method"]: r for r in json.loads(path.read_text())["rows"]}
     assert set(rows) == {"draft-1", "unrolled"}
     assert rows["draft-1"]["step_ms"] == -1.0
+
+
+def test_pretrained_metrics_are_kept_per_evaluation_size(fake_env, monkeypatch):
+    """Runs evaluated on another number of samples add the pretrained model's metrics at that
+    size instead of overwriting the ones the earlier rows were compared with."""
+    base = ["bench", "finetune-images", "--quick", "--rewards", "brightness", "--methods",
+            "draft-1", "--threads", "1"]
+    assert _run(monkeypatch, fake_env / "w", base) == 0
+    path = fake_env / "w" / "runs" / "finetune-images" / "finetune_images_quick.json"
+    first = json.loads(path.read_text())["pretrained"]
+    assert list(first) == ["T3|n8"] and first["T3|n8"]["eval_n"] == 8
+    assert _run(monkeypatch, fake_env / "w", base + ["--eval-n", "4"]) == 0
+    got = json.loads(path.read_text())
+    assert set(got["pretrained"]) == {"T3|n8", "T3|n4"}
+    assert got["pretrained"]["T3|n8"] == first["T3|n8"]
+    assert got["pretrained"]["T3|n4"]["eval_n"] == 4
+    assert [r["eval_n"] for r in got["rows"]] == [8]  # the run itself was done already

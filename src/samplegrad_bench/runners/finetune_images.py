@@ -405,6 +405,12 @@ def _key(r: dict) -> str:
     return key if r.get("time_budget") is None else f"{key}|budget{r['time_budget']:g}"
 
 
+def _pre_key(t_total: int, eval_n: int) -> str:
+    """Key of the pretrained model's metrics at ``T`` on ``eval_n`` evaluation samples (files
+    written before the size was part of it have ``T{T}`` keys with an ``eval_n`` field)."""
+    return f"T{t_total}|n{eval_n}"
+
+
 def _budget(steps: tuple) -> str:
     """Title/file-name part of a group's ``(theta_steps, lr, time_budget)``."""
     return "" if steps[2] is None else f"_budget{steps[2]:g}s"
@@ -520,7 +526,7 @@ def run(args: argparse.Namespace) -> dict:
         rows[:] = [r for r in rows if _key(r) in ran]
         rows.extend(r for r in old["rows"] if _key(r) not in ran and _key(r) not in redo)
         for k, v in old.get("pretrained", {}).items():
-            evals.setdefault(k, v)
+            evals.setdefault(_pre_key(int(k[1:]), v["eval_n"]) if "|" not in k else k, v)
 
     def dump() -> None:
         with _locked(json_path):
@@ -541,20 +547,23 @@ def run(args: argparse.Namespace) -> dict:
                 _base_cfg(method, bench.pop_size, 1e-6, bench.kl_weight, 0), 2, "")
 
     for job in progress(jobs, desc="finetune-images"):
-        if _key(job) in done:
-            continue
         t_total, seed = job["T"], job["seed"]
         sched = sampling_schedule(alpha_bars, t_total)
         noise = draw_noise(sched, bench.eval_n, SHAPE,
                            torch.Generator(device="cpu").manual_seed(10_000 + t_total))
-        pre_key = f"T{t_total}"
-        pre_img = f"pretrained|{pre_key}|n{bench.eval_n}"
+        # the pretrained model on the same noise: per T and evaluation size (the noise of
+        # another size is other noise), also when every run of the job is already done
+        pre_key = _pre_key(t_total, bench.eval_n)
+        pre_img = f"pretrained|{pre_key}"
         if pre_key not in evals or not _image_file(images_dir, pre_img).exists():
             evals[pre_key], x_pre = evaluate(model, ref, ref, sched, noise, rewards, classifier,
                                              bench.target_class, reference)
             evals[pre_key]["eval_n"] = bench.eval_n
             save_checkpoint(_image_file(images_dir, pre_img), {"x": x_pre[:64].clone()},
                             keep_previous=False)
+            dump()
+        if _key(job) in done:
+            continue
         cfg = _base_cfg(job["method"], job["pop_size"], job["lr"], job["kl_weight"], seed)
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         torch.manual_seed(seed)
@@ -565,7 +574,7 @@ def run(args: argparse.Namespace) -> dict:
                                       job.get("time_budget"))
         after, x0 = evaluate(model, params, ref, sched, noise, rewards, classifier,
                              bench.target_class, reference)
-        row = {**job, **after, **cost, "load_avg": load, "trace": trace,
+        row = {**job, **after, **cost, "eval_n": bench.eval_n, "load_avg": load, "trace": trace,
                "reward_before": evals[pre_key][f"reward_{job['reward_name']}"],
                "reward_after": after[f"reward_{job['reward_name']}"],
                "fd_before": evals[pre_key]["fd"], "p_class_before": evals[pre_key]["p_class"],
@@ -577,8 +586,7 @@ def run(args: argparse.Namespace) -> dict:
                         keep_previous=False)
         dump()
     dump()
-    keys = [_key(r) for r in rows] + [f"pretrained|{k}|n{e.get('eval_n', bench.eval_n)}"
-                                      for k, e in evals.items()]
+    keys = [_key(r) for r in rows] + [f"pretrained|{k}" for k in evals]
     images = _load_images(images_dir, keys)
     report(rows, evals, images, meta, out, suffix)
     return {"meta": meta, "rows": rows}
@@ -761,6 +769,7 @@ def save_grids(out: Path, rows: list[dict], images: dict, suffix: str) -> list[P
     plt = pyplot()
     paths = []
     seen: dict = {}
+    sizes: dict = {}  # (reward, T, λ, steps) -> the rows' evaluation size
     first_seed: dict = {}
     for r in rows:
         g = (r["reward_name"], r["T"], r["kl_weight"], _steps(r), r["method"])
@@ -770,9 +779,12 @@ def save_grids(out: Path, rows: list[dict], images: dict, suffix: str) -> list[P
         g = (r["reward_name"], r["T"], r["kl_weight"], _steps(r), r["method"])
         if k in images and r["seed"] == first_seed[g]:
             seen.setdefault(g[:4], []).append((r["method"], images[k]))
+            if "eval_n" in r:  # rows written before it was stored: any pretrained grid
+                sizes[g[:4]] = r["eval_n"]
     for (reward, t_total, lam, steps), ims in seen.items():
-        pre = next((v for k, v in images.items() if k.startswith(f"pretrained|T{t_total}|")),
-                   None)
+        n = sizes.get((reward, t_total, lam, steps))
+        pre = images.get(f"pretrained|{_pre_key(t_total, n)}") if n else next(
+            (v for k, v in images.items() if k.startswith(f"pretrained|T{t_total}|")), None)
         panels = ([("pretrained", pre)] if pre is not None else []) + sorted(
             ims, key=lambda m: METHODS.index(m[0]) if m[0] in METHODS else 99)
         fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.9),
@@ -793,8 +805,8 @@ def save_grids(out: Path, rows: list[dict], images: dict, suffix: str) -> list[P
 
 def report(rows: list[dict], evals: dict, images: dict, meta: dict, out: Path,
            suffix: str) -> None:
-    pre = markdown_table([{"T": k[1:], **{m: v for m, v in e.items()}}
-                          for k, e in sorted(evals.items(), key=lambda kv: int(kv[0][1:]))])
+    pre = markdown_table([{"T": k.split("|")[0][1:], **e} for k, e in sorted(
+        evals.items(), key=lambda kv: (int(kv[0].split("|")[0][1:]), kv[1]["eval_n"]))])
     text = (f"Pretrained model: {meta['weights']} ({meta['n_params']} parameters); "
             f"classifier test accuracy {meta['classifier_accuracy']:.4f}; target class "
             f"{meta['target_class']}; FD-classifier against {meta['n_reference']} held-out "
