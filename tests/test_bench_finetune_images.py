@@ -218,3 +218,17 @@ def test_pretrained_metrics_are_kept_per_evaluation_size(fake_env, monkeypatch):
     assert got["pretrained"]["T3|n8"] == first["T3|n8"]
     assert got["pretrained"]["T3|n4"]["eval_n"] == 4
     assert [r["eval_n"] for r in got["rows"]] == [8]  # the run itself was done already
+
+
+def test_no_rss_probe_times_without_measuring_rss(fake_env, monkeypatch):
+    pinned = []
+    monkeypatch.setattr(fi, "_pin_malloc", lambda: pinned.append(True))
+    argv = ["bench", "finetune-images", "--quick", "--rewards", "brightness", "--methods",
+            "draft-1", "--threads", "1", "--no-rss-probe"]
+    assert _run(monkeypatch, fake_env / "w", argv) == 0
+    got = json.loads((fake_env / "w" / "runs" / "finetune-images" /
+                      "finetune_images_quick.json").read_text())
+    assert not pinned and got["meta"]["rss_probe"] is False
+    (row,) = got["rows"]
+    assert row["rss_probe"] is False and row["step_ms"] > 0
+    assert np.isnan(float(row["peak_rss_mib"]))  # written as "nan"

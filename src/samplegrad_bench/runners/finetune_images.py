@@ -168,6 +168,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "at most --theta-steps θ steps: methods compared at equal wall clock")
     p.add_argument("--fresh", action="store_true",
                    help="rerun the runs already in the results JSON")
+    p.add_argument("--no-rss-probe", action="store_true",
+                   help="keep glibc's default allocator and do not measure peak RSS (NaN): "
+                        "the probe's small mmap threshold adds page faults, most to the "
+                        "methods that allocate most (unrolled), so time ratios differ")
 
 
 def _settings(args: argparse.Namespace) -> BenchConfig:
@@ -366,13 +370,14 @@ def _params(model: torch.nn.Module) -> dict[str, Tensor]:
 
 
 def run_one(method: str, model, ref, sched, reward_fn, cfg: FinetuneConfig, steps: int,
-            desc: str, budget: float | None = None) -> tuple[dict, dict, list]:
+            desc: str, budget: float | None = None, rss: bool = True
+            ) -> tuple[dict, dict, list]:
     """Finetune a copy of ``model`` for ``steps`` θ steps, or fewer once ``budget`` seconds
     of wall clock (init included) have passed: (final params, cost measurements, trace
     rows)."""
     model = copy.deepcopy(model).requires_grad_(True)
     weights = list(model.parameters())
-    rss_reset = _reset_peak_rss()
+    rss_reset = rss and _reset_peak_rss()
     rss0 = _status_kib("VmRSS")
     t0 = time.perf_counter()
     step = make_method(method, model, sched, cfg, reward_fn)
@@ -394,7 +399,8 @@ def run_one(method: str, model, ref, sched, reward_fn, cfg: FinetuneConfig, step
     cost = {"init_s": init_s, "total_s": time.perf_counter() - t0,
             "step_ms": 1e3 * ts[len(ts) // 2], "step_ms_mean": 1e3 * sum(times) / len(times),
             "peak_autograd_mib": peak_graph / 2**20,
-            "peak_rss_mib": (rss_peak - rss0) / 1024, "theta_steps_done": len(trace)}
+            "peak_rss_mib": (rss_peak - rss0) / 1024, "rss_probe": rss,
+            "theta_steps_done": len(trace)}
     return _params(model), cost, trace
 
 
@@ -487,7 +493,9 @@ def _locked(path: Path) -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads or 1)
-    _pin_malloc()
+    rss_probe = not getattr(args, "no_rss_probe", False)
+    if rss_probe:
+        _pin_malloc()
     bench = _settings(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -504,8 +512,8 @@ def run(args: argparse.Namespace) -> dict:
     meta = {"weights": str(weights), "classifier_accuracy": classifier.accuracy,
             "target_class": f"{bench.target_class} ({CLASSES[bench.target_class]})",
             "n_reference": len(reference), "threads": torch.get_num_threads(),
-            "n_params": sum(p.numel() for p in model.parameters()), "last_settings":
-            asdict(bench)}
+            "n_params": sum(p.numel() for p in model.parameters()), "rss_probe": rss_probe,
+            "last_settings": asdict(bench)}
     print(f"bench finetune-images: {bench}\n  weights {weights} ({meta['n_params']} "
           f"parameters), classifier test accuracy {classifier.accuracy:.3f}")
     rows: list[dict] = []
@@ -571,7 +579,7 @@ def run(args: argparse.Namespace) -> dict:
                                       rewards[job["reward_name"]], cfg, job["theta_steps"],
                                       f"{job['reward_name']} T={t_total} {job['method']} "
                                       f"s{seed} λ={job['kl_weight']}",
-                                      job.get("time_budget"))
+                                      job.get("time_budget"), rss_probe)
         after, x0 = evaluate(model, params, ref, sched, noise, rewards, classifier,
                              bench.target_class, reference)
         row = {**job, **after, **cost, "eval_n": bench.eval_n, "load_avg": load, "trace": trace,
@@ -750,14 +758,21 @@ def save_scaling(out: Path, rows: list[dict], suffix: str) -> Path:
         if r["reward_name"] == "brightness":
             by.setdefault(r["method"], {}).setdefault(r["T"], []).append(r)
     for ax, (key, label) in zip(axes, keys):
+        drawn = False
         for method, per_t in sorted(by.items()):
-            ts = sorted(per_t)
-            ax.plot(ts, [statistics.mean(r[key] for r in per_t[t]) for t in ts], "o-",
-                    label=method)
+            pts = [(t, statistics.mean(vs)) for t in sorted(per_t)
+                   if (vs := [r[key] for r in per_t[t]
+                              if r.get(key) is not None and _finite(r[key]) and r[key] > 0])]
+            if pts:  # RSS is not measured with --no-rss-probe; log axes need values > 0
+                ax.plot(*zip(*pts), "o-", label=method)
+                drawn = True
         ax.set_xlabel("sampler steps T")
         ax.set_ylabel(label)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        if drawn:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
     axes[0].legend(fontsize=7)
     p = out / f"scaling{suffix}.png"
     save_figure(fig, p)
