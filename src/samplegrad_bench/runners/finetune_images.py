@@ -417,6 +417,11 @@ def _pre_key(t_total: int, eval_n: int) -> str:
     return f"T{t_total}|n{eval_n}"
 
 
+def _pre_t(key: str) -> int:
+    """The T of a pretrained-metrics key (``T{T}|n{eval_n}``, or an older file's ``T{T}``)."""
+    return int(key.split("|")[0][1:])
+
+
 def _budget(steps: tuple) -> str:
     """Title/file-name part of a group's ``(theta_steps, lr, time_budget)``."""
     return "" if steps[2] is None else f"_budget{steps[2]:g}s"
@@ -534,7 +539,7 @@ def run(args: argparse.Namespace) -> dict:
         rows[:] = [r for r in rows if _key(r) in ran]
         rows.extend(r for r in old["rows"] if _key(r) not in ran and _key(r) not in redo)
         for k, v in old.get("pretrained", {}).items():
-            evals.setdefault(_pre_key(int(k[1:]), v["eval_n"]) if "|" not in k else k, v)
+            evals.setdefault(_pre_key(_pre_t(k), v["eval_n"]), v)
 
     def dump() -> None:
         with _locked(json_path):
@@ -548,7 +553,7 @@ def run(args: argparse.Namespace) -> dict:
     done = {_key(r) for r in rows}
     # Warm-up, untimed: two θ steps of every method at the runs' batch size (T at most 10),
     # so lazy library set-up, allocator growth and first-call costs land in no run's time
-    # or memory (with one tiny step, the first timed runs were a third slower).
+    # or memory (with one tiny step, the first timed runs were up to 1.6x slower).
     warm = sampling_schedule(alpha_bars, min(10, *bench.n_steps))
     for method in progress(sorted(set(bench.methods)), desc="warm-up"):
         run_one(method, model, ref, warm, rewards["classifier"],
@@ -569,7 +574,6 @@ def run(args: argparse.Namespace) -> dict:
             evals[pre_key]["eval_n"] = bench.eval_n
             save_checkpoint(_image_file(images_dir, pre_img), {"x": x_pre[:64].clone()},
                             keep_previous=False)
-            dump()
         if _key(job) in done:
             continue
         cfg = _base_cfg(job["method"], job["pop_size"], job["lr"], job["kl_weight"], seed)
@@ -820,8 +824,8 @@ def save_grids(out: Path, rows: list[dict], images: dict, suffix: str) -> list[P
 
 def report(rows: list[dict], evals: dict, images: dict, meta: dict, out: Path,
            suffix: str) -> None:
-    pre = markdown_table([{"T": k.split("|")[0][1:], **e} for k, e in sorted(
-        evals.items(), key=lambda kv: (int(kv[0].split("|")[0][1:]), kv[1]["eval_n"]))])
+    pre = markdown_table([{"T": _pre_t(k), **e} for k, e in sorted(
+        evals.items(), key=lambda kv: (_pre_t(kv[0]), kv[1]["eval_n"]))])
     text = (f"Pretrained model: {meta['weights']} ({meta['n_params']} parameters); "
             f"classifier test accuracy {meta['classifier_accuracy']:.4f}; target class "
             f"{meta['target_class']}; FD-classifier against {meta['n_reference']} held-out "
